@@ -1,0 +1,5 @@
+import sys
+
+from proxyfleet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,286 @@
+"""``proxyfleet …``: parse, build the config, dispatch. No business logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from proxyfleet import __version__
+from proxyfleet.errors import ConfigError, ListenError
+
+if TYPE_CHECKING:
+    from proxyfleet.config import Config
+    from proxyfleet.pool import BackendSpec
+
+__all__ = ["main"]
+
+_EPILOG = """\
+examples:
+  proxyfleet demo                                    mock pool + gateway + live view, no config
+  proxyfleet serve --credentials-dir ./accounts --upstream https://api.example.com/v1
+  proxyfleet serve --config proxyfleet.yaml
+  proxyfleet mock --port 9001                        OpenAI-compatible mock upstream
+
+Clients point at http://127.0.0.1:2048/v1 (the openai SDK's base_url, curl, Codex CLI).
+Every config field can also be set with PROXYFLEET_<SECTION>__<FIELD>, e.g.
+PROXYFLEET_POOL__SELECTION=round-robin; precedence: defaults < file < environment < flags.
+"""
+
+# flag destination -> dotted config field
+_SERVE_FIELDS = {
+    "host": "server.host",
+    "port": "server.port",
+    "credentials_dir": "pool.credentials_dir",
+    "upstream": "pool.upstreams",
+    "selection": "pool.selection",
+    "max_concurrency": "pool.max_concurrency",
+    "queue_limit": "pool.queue_limit",
+    "lease_timeout": "pool.lease_timeout",
+    "retries": "pool.retries",
+    "auth_keys_file": "server.auth_keys_file",
+    "log_level": "log.level",
+    "log_format": "log.format",
+    "access_log": "log.access",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML config file (also PROXYFLEET_CONFIG)",
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 2048)")
+    parser.add_argument(
+        "--credentials-dir",
+        type=Path,
+        metavar="DIR",
+        help="one backend per NAME.key / NAME.json file",
+    )
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        metavar="URL",
+        help="upstream base URL, e.g. https://api.openai.com/v1; with credentials "
+        "the URL they are for, without them one keyless backend per "
+        "--upstream (repeatable)",
+    )
+    parser.add_argument(
+        "--selection",
+        choices=["lru", "round-robin", "least-busy"],
+        help="backend selection (default lru)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        metavar="N",
+        help="requests at once per backend (default 1: strict single-flight)",
+    )
+    parser.add_argument(
+        "--queue-limit",
+        type=int,
+        metavar="N",
+        help="requests that may wait for a backend (default 1000)",
+    )
+    parser.add_argument(
+        "--lease-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest wait for a backend before 503 (default 30)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="failovers to another backend before the first byte (default 2)",
+    )
+    parser.add_argument(
+        "--auth-keys-file",
+        type=Path,
+        metavar="FILE",
+        help="client keys, one per line; clients must send one",
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["json", "text"])
+    parser.add_argument(
+        "--access-log", action="store_true", default=None, help="log one JSON line per request"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="proxyfleet",
+        description="A pooled, OpenAI-compatible proxy gateway: one public port, many clients, "
+        "upstream backends leased one request at a time.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"proxyfleet {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway in the foreground until SIGTERM or "
+        "Ctrl+C (in-flight requests drain first).",
+    )
+    _add_config_flags(serve)
+
+    check = commands.add_parser(
+        "config",
+        help="validate a config and print the effective one",
+        description="Load the config exactly as 'serve' would and print "
+        "it with its backends (secrets never shown). Exit "
+        "code 2 when it is invalid.",
+    )
+    _add_config_flags(check)
+
+    mock = commands.add_parser(
+        "mock",
+        help="run the built-in OpenAI-compatible mock upstream",
+        description="An OpenAI-compatible upstream with SSE, latency and "
+        "fault injection; GET /mock/stats reports requests "
+        "and peak concurrency per credential.",
+    )
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=9001, help="0 picks a free port (default 9001)")
+    mock.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="delay of a non-streamed answer and between stream chunks",
+    )
+    mock.add_argument(
+        "--ttft", type=float, default=0.0, metavar="S", help="delay before the first streamed chunk"
+    )
+    mock.add_argument("--chunks", type=int, default=8, help="content chunks per answer")
+    mock.add_argument("--chunk-size", type=int, default=8, help="characters per chunk")
+    mock.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="fraction of requests answered with --fail-status",
+    )
+    mock.add_argument("--fail-status", type=int, default=500)
+    mock.add_argument("--hang", action="store_true", help="accept requests, never answer")
+    mock.add_argument(
+        "--drop-after", type=int, metavar="N", help="cut the connection after N stream chunks"
+    )
+    mock.add_argument("--name", default="mock", help="name reported in answers")
+
+    demo = commands.add_parser(
+        "demo",
+        help="mock pool + gateway + live view (no config needed)",
+        description="Start the mock with 4 accounts and the gateway, send "
+        "a burst of concurrent streaming requests while showing "
+        "the pool live, then keep serving until Ctrl+C.",
+    )
+    demo.add_argument("--port", type=int, default=2048, help="gateway port (default 2048)")
+    demo.add_argument("--accounts", type=int, default=4, help="mock accounts (default 4)")
+    demo.add_argument("--burst", type=int, default=24, help="concurrent requests (default 24)")
+    demo.add_argument(
+        "--no-serve",
+        action="store_true",
+        help="exit after the burst instead of serving until Ctrl+C",
+    )
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, tuple[BackendSpec, ...]]:
+    from proxyfleet.config import load_config, resolve_backends
+
+    path = args.config or (
+        Path(os.environ["PROXYFLEET_CONFIG"]) if os.environ.get("PROXYFLEET_CONFIG") else None
+    )
+    overrides: dict[str, tuple[object, str]] = {}
+    for dest, dotted in _SERVE_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            flag = "--" + dest.replace("_", "-")
+            overrides[dotted] = (value, f"flag {flag}")
+    config = load_config(path, env=os.environ, overrides=overrides)
+    return config, resolve_backends(config)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from proxyfleet.gateway.server import run_gateway
+    from proxyfleet.logs import configure_logging
+
+    config, backends = _load(args)
+    configure_logging(config.log.level, config.log.format)
+    return run_gateway(config, backends)
+
+
+def _config(args: argparse.Namespace) -> int:
+    config, backends = _load(args)
+    print(
+        json.dumps(
+            {
+                "config": json.loads(config.model_dump_json()),
+                "backends": [b.describe() for b in backends],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _mock(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from proxyfleet.gateway.server import bind
+    from proxyfleet.mock.runner import serve_mock
+    from proxyfleet.mock.server import MockSettings
+
+    settings = MockSettings(
+        latency=args.latency,
+        ttft=args.ttft,
+        chunks=args.chunks,
+        chunk_size=args.chunk_size,
+        fail_rate=args.fail_rate,
+        fail_status=args.fail_status,
+        hang=args.hang,
+        drop_after=args.drop_after,
+        name=args.name,
+    )
+    bind(args.host, args.port, "mock").close()  # a busy port is a clear error, not a traceback
+    uvloop.run(serve_mock(args.host, args.port, settings))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from proxyfleet.demo import run_demo
+
+    return run_demo(args.port, args.accounts, args.burst, serve=not args.no_serve)
+
+
+_COMMANDS = {"serve": _serve, "config": _config, "mock": _mock, "demo": _demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"proxyfleet: config error: {exc}", file=sys.stderr)
+        return ConfigError.exit_code
+    except ListenError as exc:
+        print(f"proxyfleet: {exc}", file=sys.stderr)
+        return ListenError.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Load the one :class:`Config` from YAML, ``PROXYFLEET_*`` environment variables and CLI flags.
+
+Precedence, lowest first: defaults → YAML file → environment → CLI flags. Nested fields are
+reached with ``__`` in environment names (``PROXYFLEET_POOL__SELECTION=round-robin``) and with
+dotted paths in flag overrides (``pool.selection``). Values from the environment are parsed as
+YAML scalars or flow collections (``PROXYFLEET_POOL__UPSTREAMS='[http://a, http://b]'``).
+
+Every problem becomes a :class:`~proxyfleet.errors.ConfigError` naming the source (file,
+variable or flag), the dotted field and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from proxyfleet.config.model import Config
+from proxyfleet.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "RESERVED_ENV", "load_config"]
+
+ENV_PREFIX = "PROXYFLEET_"
+#: Environment variables of ours that are not config fields.
+RESERVED_ENV = frozenset({"CONFIG", "RUNTIME_DIR"})
+#: Fields whose values are never echoed in an error message.
+_SECRET_FIELDS = frozenset({"api_key", "headers"})
+
+
+@dataclass
+class _Layers:
+    data: dict[str, Any] = field(default_factory=dict)
+    sources: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def put(self, path: tuple[str, ...], value: object, source: str) -> None:
+        node = self.data
+        for i, key in enumerate(path[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(source, ".".join(path[: i + 1]), "is not a section")
+            node = child
+        node[path[-1]] = value
+        self.sources[path] = source
+
+    def source_of(self, loc: tuple[str, ...], default: str) -> str:
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.sources:
+                return self.sources[loc[:n]]
+        return default
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, translating every failure into a ConfigError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "", f"not UTF-8 text: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), where, f"invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", f"top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _env_layer(layers: _Layers, env: Mapping[str, str]) -> None:
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        if rest in RESERVED_ENV or not rest:
+            continue
+        path = tuple(part.lower() for part in rest.split("__"))
+        if any(not part for part in path):
+            raise ConfigError(name, "", "empty path segment in variable name")
+        raw = env[name]
+        try:
+            value: object = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            value = raw
+        layers.put(path, value, f"environment variable {name}")
+
+
+def _format_loc(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, tuple[object, str]] | None = None,
+) -> Config:
+    """Build the config. ``overrides`` maps a dotted field to ``(value, flag name)``."""
+    layers = _Layers()
+    file_source = str(path) if path is not None else "<defaults>"
+    if path is not None:
+        layers.data = read_yaml(path)
+    _env_layer(layers, env or {})
+    for dotted, (value, flag) in (overrides or {}).items():
+        layers.put(tuple(dotted.split(".")), value, flag)
+    try:
+        config = Config.model_validate(layers.data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        loc = tuple(str(p) for p in first["loc"])
+        reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        if first["type"] != "extra_forbidden" and "input" in first:
+            shown = first["input"]
+            secret = any(str(p) in _SECRET_FIELDS for p in first["loc"])
+            if not secret and not isinstance(shown, dict | list):
+                reason += f" (got {shown!r})"
+        if len(errors) > 1:
+            reason += f" (and {len(errors) - 1} more error(s))"
+        raise ConfigError(
+            layers.source_of(loc, file_source), _format_loc(tuple(first["loc"])), reason
+        ) from exc
+    if path is None:
+        return config
+    in_file = {
+        name: layers.source_of(loc, file_source) == file_source
+        for name, loc in (
+            ("creds", ("pool", "credentials_dir")),
+            ("keys", ("server", "auth_keys_file")),
+        )
+    }
+    return _resolve_paths(
+        config, path.parent, rebase_creds=in_file["creds"], rebase_keys=in_file["keys"]
+    )
+
+
+def _resolve_paths(config: Config, base: Path, *, rebase_creds: bool, rebase_keys: bool) -> Config:
+    """Paths written in a config file are relative to that file, as users expect."""
+    pool, server = config.pool, config.server
+    creds, keys = pool.credentials_dir, server.auth_keys_file
+    if rebase_creds and creds is not None and not creds.is_absolute():
+        pool = pool.model_copy(update={"credentials_dir": base / creds})
+    if rebase_keys and keys is not None and not keys.is_absolute():
+        server = server.model_copy(update={"auth_keys_file": base / keys})
+    return config.model_copy(update={"pool": pool, "server": server})

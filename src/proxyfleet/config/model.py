@@ -1,0 +1,110 @@
+"""The typed configuration model: frozen, unknown keys refused, every choice a ``Literal``.
+
+Runtime state never lives here; see :mod:`proxyfleet.pool` and :mod:`proxyfleet.gateway`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+
+__all__ = [
+    "BackendConfig",
+    "Config",
+    "LogConfig",
+    "PoolConfig",
+    "ProbeConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+]
+
+Selection = Literal["lru", "round-robin", "least-busy"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+
+
+class ServerConfig(_Model):
+    """Where the gateway listens and what it accepts from clients."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=2048, ge=0, le=65535)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_sessions: int = Field(default=1024, gt=0, description="concurrent client requests")
+    drain_grace: float = Field(default=30.0, ge=0, description="seconds to drain on SIGTERM")
+    auth_keys_file: Path | None = None
+    admin_allow_remote: bool = Field(
+        default=False, description="serve /admin/* to non-loopback clients too"
+    )
+    models: tuple[str, ...] = ()
+    models_cache_ttl: float = Field(default=60.0, ge=0)
+
+
+class UpstreamConfig(_Model):
+    """How the gateway talks to upstreams."""
+
+    base_url: HttpUrl | None = None
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=600.0, gt=0, description="max silence between bytes")
+
+
+class ProbeConfig(_Model):
+    """Optional active health probe: ``GET <upstream><path>`` every ``interval`` seconds."""
+
+    enabled: bool = False
+    path: str = "/models"
+    interval: float = Field(default=10.0, gt=0)
+    timeout: float = Field(default=5.0, gt=0)
+
+
+class BackendConfig(_Model):
+    """One backend written inline in YAML."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
+    upstream: HttpUrl | None = None
+    api_key: SecretStr | None = None
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    max_concurrency: int | None = Field(default=None, gt=0)
+
+
+class PoolConfig(_Model):
+    """The backend pool: where backends come from and how they are leased."""
+
+    selection: Selection = "lru"
+    max_concurrency: int = Field(default=1, gt=0, description="1 = strict single-flight")
+    queue_limit: int = Field(default=1000, ge=0)
+    lease_timeout: float = Field(default=30.0, gt=0)
+    retries: int = Field(default=2, ge=0)
+    unhealthy_after: int = Field(default=3, gt=0)
+    cooldown: float = Field(default=30.0, ge=0)
+    probe: ProbeConfig = ProbeConfig()
+    credentials_dir: Path | None = None
+    upstreams: tuple[HttpUrl, ...] = ()
+    backends: tuple[BackendConfig, ...] = ()
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access: bool = False
+    format: Literal["json", "text"] = "json"
+
+
+class Config(_Model):
+    """The whole proxyfleet configuration."""
+
+    server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    pool: PoolConfig = PoolConfig()
+    log: LogConfig = LogConfig()

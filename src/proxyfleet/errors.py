@@ -1,0 +1,163 @@
+"""The one exception hierarchy of proxyfleet.
+
+::
+
+    ProxyfleetError                      any error of ours
+    ├── ConfigError                      bad config: file, field, reason (exit code 2)
+    ├── StateError                       an object used outside its lifecycle (after close…)
+    ├── ClientGone                       the client disconnected: nothing more is sent
+    ├── ListenError                      the listening address cannot be bound (port busy…)
+    └── GatewayError                     an error a client sees as HTTP + OpenAI error body
+        ├── BadRequest                   400 invalid_request_error
+        │   └── PayloadTooLarge          413
+        ├── Unauthorized                 401 invalid_api_key
+        ├── NotFound                     404
+        ├── Overloaded                   503 too many concurrent client requests
+        ├── PoolError                    503, a lease could not be had
+        │   ├── LeaseTimeout             waited longer than lease_timeout
+        │   ├── QueueFull                the waiting queue is full
+        │   ├── NoHealthyBackend         every backend is quarantined or draining
+        │   └── PoolClosed               the pool is shutting down
+        └── UpstreamError                502 the upstream failed (connect, timeout, 5xx)
+            └── UpstreamTimeout          504
+
+Foreign errors (aiohttp, OSError, pydantic, yaml) are translated where they enter our code,
+with ``raise … from exc``. Each ``GatewayError`` knows its HTTP status, its OpenAI error type and
+code, and optionally a ``Retry-After`` in seconds.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "ClientGone",
+    "ConfigError",
+    "GatewayError",
+    "LeaseTimeout",
+    "ListenError",
+    "NoHealthyBackend",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PoolClosed",
+    "PoolError",
+    "ProxyfleetError",
+    "QueueFull",
+    "StateError",
+    "Unauthorized",
+    "UpstreamError",
+    "UpstreamTimeout",
+]
+
+
+class ProxyfleetError(Exception):
+    """Base of every error raised by proxyfleet."""
+
+
+class ConfigError(ProxyfleetError):
+    """Invalid configuration: ``source`` is the file, env var or flag; ``field`` the dotted path."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, field: str, reason: str) -> None:
+        self.source = source
+        self.field = field
+        self.reason = reason
+        where = f"{source}: {field}" if field else source
+        super().__init__(f"{where}: {reason}")
+
+
+class StateError(ProxyfleetError):
+    """An object was used outside of its lifecycle (before open or after close)."""
+
+
+class ClientGone(ProxyfleetError):
+    """The client disconnected; the request is abandoned and its lease released."""
+
+
+class ListenError(ProxyfleetError):
+    """The gateway (or the mock) cannot listen where it was told to (exit code 1)."""
+
+    exit_code = 1
+
+
+class GatewayError(ProxyfleetError):
+    """An error that reaches the client as an HTTP response in the OpenAI error shape."""
+
+    status = 500
+    error_type = "server_error"
+    code = "internal_error"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.error_type, "code": self.code}}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(GatewayError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class Overloaded(GatewayError):
+    status = 503
+    error_type = "server_error"
+    code = "too_many_sessions"
+
+
+class PoolError(GatewayError):
+    status = 503
+    error_type = "server_error"
+    code = "pool_unavailable"
+
+
+class LeaseTimeout(PoolError):
+    code = "lease_timeout"
+
+
+class QueueFull(PoolError):
+    code = "queue_full"
+
+
+class NoHealthyBackend(PoolError):
+    code = "no_healthy_backend"
+
+
+class PoolClosed(PoolError):
+    code = "shutting_down"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    error_type = "server_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

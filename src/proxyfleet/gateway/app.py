@@ -1,0 +1,505 @@
+"""The gateway: a raw ASGI application that owns the pool, the upstream client and the metrics.
+
+Routes: ``/v1/*`` is proxied through the pool (``/v1/chat/completions`` and ``/v1/responses``
+must be JSON objects; ``/v1/models`` comes from the config or a cached upstream answer);
+``/live``, ``/ready``, ``/health``, ``/metrics`` and ``/admin/{pool,queue}`` describe it.
+WebSocket upgrades under ``/v1`` are passed through (see :mod:`.websocket`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from proxyfleet import __version__
+from proxyfleet.config.model import Config
+from proxyfleet.errors import (
+    BadRequest,
+    ClientGone,
+    ConfigError,
+    GatewayError,
+    NotFound,
+    Overloaded,
+    StateError,
+    Unauthorized,
+)
+from proxyfleet.gateway.asgi import Receive, Scope, Send, read_body, send_error, send_json
+from proxyfleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from proxyfleet.gateway.proxy import Forwarder, Sent, StreamBroken
+from proxyfleet.gateway.rules import client_credential, request_id, upstream_path
+from proxyfleet.gateway.websocket import WebSocketRelay
+from proxyfleet.logs import event
+from proxyfleet.pool import BackendSpec, Pool, PoolSettings
+from proxyfleet.pool.prober import Prober
+
+__all__ = ["Gateway", "GatewayState"]
+
+_log = logging.getLogger("proxyfleet.gateway")
+_ROUTES = {
+    "/v1/chat/completions": "chat_completions",
+    "/v1/responses": "responses",
+    "/v1/models": "models",
+}
+_JSON_ROUTES = frozenset({"chat_completions", "responses"})
+
+
+class GatewayState(enum.Enum):
+    NEW = "new"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+def load_keys(path: Path) -> frozenset[str]:
+    """Client keys, one per line (``#`` comments), kept only as SHA-256 digests."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("server.auth_keys_file", str(path), f"cannot read: {exc}") from exc
+    keys = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not keys:
+        raise ConfigError("server.auth_keys_file", str(path), "holds no key")
+    return frozenset(hashlib.sha256(k.encode()).hexdigest() for k in keys)
+
+
+def _is_loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return True  # a unix socket or an in-process call
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class Gateway:
+    """One gateway: ``await gateway.start()`` … ``await gateway.stop()`` (or ASGI lifespan)."""
+
+    def __init__(self, config: Config, backends: Sequence[BackendSpec]) -> None:
+        self.config = config
+        pool_cfg = config.pool
+        self.pool = Pool(
+            backends,
+            PoolSettings(
+                selection=pool_cfg.selection,
+                queue_limit=pool_cfg.queue_limit,
+                lease_timeout=pool_cfg.lease_timeout,
+                unhealthy_after=pool_cfg.unhealthy_after,
+                cooldown=pool_cfg.cooldown,
+            ),
+        )
+        self.metrics = GatewayMetrics(self.pool.snapshot, lambda: self.pool.waiting)
+        self.state = GatewayState.NEW
+        self._keys: frozenset[str] | None = None
+        self._active = 0
+        self._max_sessions = config.server.max_sessions
+        self._body_limit = config.server.max_body_bytes
+        self._access_log = config.log.access
+        self._models_cache: tuple[float, bytes] | None = None
+        self._started_at = time.time()
+        self._stack = AsyncExitStack()
+        self._session: aiohttp.ClientSession | None = None
+        self._forwarder: Forwarder | None = None
+        self._relay: WebSocketRelay | None = None
+        self._ops: dict[str, Callable[[Scope, Send], Awaitable[None]]] = {
+            "/live": self._live,
+            "/ready": self._ready,
+            "/health": self._health,
+            "/metrics": self._metrics,
+            "/admin/pool": self._admin_pool,
+            "/admin/queue": self._admin_queue,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.state is not GatewayState.NEW:
+            raise StateError(f"gateway cannot start in state {self.state.value}")
+        server, upstream = self.config.server, self.config.upstream
+        if server.auth_keys_file is not None:
+            self._keys = load_keys(server.auth_keys_file)
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
+        )
+        self._session = await self._stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=upstream.connect_timeout,
+                    sock_read=upstream.read_timeout,
+                ),
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        )
+        await self._stack.enter_async_context(self.pool)
+        strip = self._keys is not None
+        self._forwarder = Forwarder(
+            self._session,
+            self.pool,
+            self.metrics,
+            retries=self.config.pool.retries,
+            strip_client_auth=strip,
+        )
+        self._relay = WebSocketRelay(
+            self._session, self.pool, strip_client_auth=strip, retries=self.config.pool.retries
+        )
+        probe = self.config.pool.probe
+        if probe.enabled:
+            await self._stack.enter_async_context(Prober(self.pool, self._probe, probe.interval))
+        self.state = GatewayState.SERVING
+        event(
+            _log,
+            "gateway_started",
+            backends=len(self.pool.backends),
+            selection=self.config.pool.selection,
+        )
+
+    async def stop(self) -> None:
+        if self.state in (GatewayState.STOPPED, GatewayState.NEW):
+            self.state = GatewayState.STOPPED
+            return
+        self.state = GatewayState.DRAINING
+        await self._stack.aclose()
+        self.state = GatewayState.STOPPED
+        event(_log, "gateway_stopped")
+
+    def begin_drain(self) -> None:
+        """Called when a shutdown signal arrives: /ready turns 503 while in-flight requests end."""
+        if self.state is GatewayState.SERVING:
+            self.state = GatewayState.DRAINING
+
+    async def _probe(self, backend: BackendSpec) -> bool:
+        assert self._session is not None
+        probe = self.config.pool.probe
+        try:
+            async with self._session.get(
+                backend.base_url + probe.path,
+                headers=dict(backend.headers),
+                timeout=aiohttp.ClientTimeout(total=probe.timeout),
+            ) as response:
+                await response.read()
+                return response.status < 500
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+
+    # -- ASGI ------------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if path.startswith("/v1/") or path == "/v1":
+                await self._proxy(scope, receive, send, path)
+            else:
+                await self._operations(scope, send, path)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    raise
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- the proxied routes ----------------------------------------------------------------------
+    def _authorize(self, scope: Scope) -> None:
+        if self._keys is None:
+            return
+        key = client_credential(scope["headers"])
+        if key is None:
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or X-API-Key")
+        if hashlib.sha256(key.encode()).hexdigest() not in self._keys:
+            raise Unauthorized("invalid API key")
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        started = time.perf_counter()
+        rid = request_id(_header(scope, b"x-request-id"))
+        route = _ROUTES.get(path, "passthrough")
+        sent = Sent()
+        counted = False
+        try:
+            self._authorize(scope)
+            if self._active >= self._max_sessions:
+                raise Overloaded(
+                    f"{self._active} requests in flight (server.max_sessions)", retry_after=1.0
+                )
+            self._active += 1
+            counted = True
+            tail = upstream_path(path, scope.get("raw_path"), scope["query_string"])
+            body = await read_body(scope, receive, self._body_limit)
+            if route in _JSON_ROUTES and scope["method"] == "POST":
+                _check_json(body)
+            if route == "models" and scope["method"] == "GET":
+                if await self._models(send, rid, sent):
+                    return
+                send = self._caching_models(send)
+            await self._forward_watched(scope, receive, send, rid, tail, body, sent)
+        except GatewayError as error:
+            if not sent.status:
+                sent.status = error.status
+                await send_error(send, error, rid.encode())
+        except ClientGone:
+            sent.status = sent.status or 499
+        except StreamBroken:
+            pass  # the response is left incomplete on purpose; the client sees the truncation
+        finally:
+            if counted:
+                self._active -= 1
+            elapsed = time.perf_counter() - started
+            self.metrics.observe(route, sent.status or 499, elapsed)
+            if self._access_log:
+                event(
+                    _log,
+                    "request",
+                    method=scope["method"],
+                    path=path,
+                    status=sent.status,
+                    request_id=rid,
+                    backend=sent.backend,
+                    bytes=sent.bytes,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
+
+    async def _forward_watched(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rid: str,
+        tail: str,
+        body: bytes,
+        sent: Sent,
+    ) -> None:
+        """Forward, cancelling everything (and freeing the lease) the moment the client leaves."""
+        assert self._forwarder is not None
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        def on_message(watcher: asyncio.Future[Any]) -> None:
+            nonlocal gone
+            if sent.complete or watcher.cancelled() or watcher.exception() is not None:
+                return
+            if watcher.result().get("type") == "http.disconnect":
+                gone = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(on_message)
+        try:
+            await self._forwarder.forward(scope, send, rid, tail, body, sent)
+        except asyncio.CancelledError:
+            if gone:
+                task.uncancel()
+                raise ClientGone() from None
+            raise
+        finally:
+            sent.complete = True
+            if not watcher.done():
+                watcher.cancel()
+
+    async def _models(self, send: Send, rid: str, sent: Sent) -> bool:
+        """Serve /v1/models from config or cache; False when the upstream must be asked."""
+        configured = self.config.server.models
+        if configured:
+            data = {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "proxyfleet"}
+                    for m in configured
+                ],
+            }
+            await send_json(send, 200, data, rid.encode())
+            sent.status = 200
+            return True
+        cached = self._models_cache
+        if (
+            cached is not None
+            and time.monotonic() - cached[0] < self.config.server.models_cache_ttl
+        ):
+            await send_json(send, 200, json.loads(cached[1]), rid.encode())
+            sent.status = 200
+            return True
+        return False
+
+    def _caching_models(self, send: Send) -> Send:
+        """Wrap ``send`` so that a 200 answer to /v1/models is kept for ``models_cache_ttl``."""
+        parts: list[bytes] = []
+        status = 0
+
+        async def capture(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif status == 200:
+                parts.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    self._models_cache = (time.monotonic(), b"".join(parts))
+            await send(message)
+
+        return capture
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self._relay is not None
+        path = scope["path"]
+        try:
+            self._authorize(scope)
+            if not (path.startswith("/v1/") or path == "/v1"):
+                raise NotFound(f"no WebSocket route at {path}")
+            if self._active >= self._max_sessions:
+                raise Overloaded("too many requests in flight", retry_after=1.0)
+            tail = upstream_path(path, scope.get("raw_path"), scope["query_string"])
+        except GatewayError as error:
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": 1008 if error.status < 500 else 1013,
+                    "reason": error.message[:120],
+                }
+            )
+            return
+        self._active += 1
+        try:
+            await self._relay.relay(
+                scope, receive, send, tail, request_id(_header(scope, b"x-request-id"))
+            )
+        finally:
+            self._active -= 1
+
+    # -- operations endpoints ------------------------------------------------------------------
+    async def _operations(self, scope: Scope, send: Send, path: str) -> None:
+        handler = self._ops.get(path)
+        try:
+            if handler is None:
+                raise NotFound(f"no route for {path}; the OpenAI API is under /v1")
+            if scope["method"] not in ("GET", "HEAD"):
+                raise BadRequest(f"{path} only answers GET", code="method_not_allowed")
+            if path.startswith("/admin/"):
+                if not _is_loopback(scope) and not self.config.server.admin_allow_remote:
+                    raise NotFound(f"no route for {path}")
+                self._authorize(scope)
+            await handler(scope, send)
+        except GatewayError as error:
+            await send_error(send, error)
+
+    async def _live(self, scope: Scope, send: Send) -> None:
+        await send_json(send, 200, {"status": "alive"})
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self.state is not GatewayState.SERVING:
+            return False, f"gateway is {self.state.value}"
+        if not self.pool.ready():
+            return False, "no healthy backend"
+        return True, "ready"
+
+    async def _ready(self, scope: Scope, send: Send) -> None:
+        ok, reason = self._readiness()
+        await send_json(
+            send, 200 if ok else 503, {"status": "ready" if ok else "unavailable", "reason": reason}
+        )
+
+    async def _health(self, scope: Scope, send: Send) -> None:
+        ok, reason = self._readiness()
+        states: dict[str, int] = {}
+        for status in self.pool.snapshot():
+            states[status.state] = states.get(status.state, 0) + 1
+        healthy = states.get("idle", 0) + states.get("busy", 0)
+        overall = (
+            "ok"
+            if ok and healthy == len(self.pool.backends)
+            else ("degraded" if ok else "unavailable")
+        )
+        await send_json(
+            send,
+            200 if ok else 503,
+            {
+                "status": overall,
+                "reason": reason,
+                "version": __version__,
+                "uptime_seconds": round(time.time() - self._started_at, 1),
+                "backends": states,
+                "waiting": self.pool.waiting,
+                "in_flight": self._active,
+            },
+        )
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        body = self.metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", CONTENT_TYPE),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _admin_pool(self, scope: Scope, send: Send) -> None:
+        specs = {b.id: b for b in self.pool.backends}
+        backends = [dict(asdict(s), source=specs[s.id].source) for s in self.pool.snapshot()]
+        await send_json(
+            send,
+            200,
+            {
+                "selection": self.config.pool.selection,
+                "waiting": self.pool.waiting,
+                "queue_limit": self.config.pool.queue_limit,
+                "backends": backends,
+            },
+        )
+
+    async def _admin_queue(self, scope: Scope, send: Send) -> None:
+        await send_json(
+            send,
+            200,
+            {
+                "waiting": self.pool.waiting,
+                "queue_limit": self.config.pool.queue_limit,
+                "lease_timeout": self.config.pool.lease_timeout,
+                "waiters": self.pool.queue(),
+            },
+        )
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def _check_json(body: bytes) -> None:
+    if not body:
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json")

@@ -1,0 +1,94 @@
+"""Small ASGI helpers: types, JSON answers, errors in the OpenAI shape, bounded body reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from proxyfleet.errors import ClientGone, GatewayError, PayloadTooLarge
+
+__all__ = [
+    "Receive",
+    "Scope",
+    "Send",
+    "read_body",
+    "send_error",
+    "send_json",
+    "sse_error",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = b"application/json"
+
+
+def _dumps(data: object) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    data: object,
+    rid: bytes | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = _dumps(data)
+    headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
+    if rid is not None:
+        headers.append((b"x-request-id", rid))
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, error: GatewayError, rid: bytes | None = None) -> None:
+    extra = []
+    if error.retry_after is not None:
+        extra.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+    await send_json(send, error.status, error.body(), rid, extra)
+
+
+def sse_error(error: GatewayError) -> bytes:
+    """An SSE event a client can parse when a stream breaks after it started."""
+    return b"event: error\ndata: " + _dumps(error.body()) + b"\n\n"
+
+
+def content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes (413)."""
+    declared = content_length(scope)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body"):
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        return body  # type: ignore[no-any-return]
+    parts = [body]
+    size = len(body)
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        parts.append(chunk)
+    return b"".join(parts)

@@ -1,0 +1,194 @@
+"""Forward one HTTP request to a leased backend, failing over before the first byte.
+
+A failure (connect error, timeout, 5xx) before anything was sent to the client is retried on
+another backend, up to ``retries`` times; a 429 moves on without counting against the backend's
+health. Once bytes have gone to the client the request is never retried: a broken stream ends
+with an SSE ``error`` event the client can parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+
+from proxyfleet.errors import GatewayError, NoHealthyBackend, UpstreamError, UpstreamTimeout
+from proxyfleet.gateway.asgi import Scope, Send, sse_error
+from proxyfleet.gateway.metrics import GatewayMetrics
+from proxyfleet.gateway.rules import response_headers, upstream_headers
+from proxyfleet.pool import Lease, Pool
+from proxyfleet.pool.backend import public_url
+
+__all__ = ["Forwarder", "Sent", "StreamBroken"]
+
+_SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding"})
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class StreamBroken(Exception):
+    """A non-SSE body broke after it started: the response is left incomplete on purpose."""
+
+
+@dataclass(slots=True)
+class Sent:
+    """What went to the client, for logs and metrics."""
+
+    status: int = 0
+    backend: str | None = None
+    bytes: int = 0
+    complete: bool = False  # the last body message is being sent
+
+
+class _Retry(Exception):
+    """Control flow inside this module: try the next backend."""
+
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
+
+
+class Forwarder:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        pool: Pool,
+        metrics: GatewayMetrics,
+        *,
+        retries: int,
+        strip_client_auth: bool,
+    ) -> None:
+        self._session = session
+        self._pool = pool
+        self._metrics = metrics
+        self._retries = retries
+        self._strip_client_auth = strip_client_auth
+
+    async def forward(
+        self, scope: Scope, send: Send, rid: str, tail: str, body: bytes, sent: Sent
+    ) -> None:
+        """Serve the request through the pool; raises GatewayError if nothing was sent."""
+        tried: list[str] = []
+        last: GatewayError | None = None
+        for attempt in range(self._retries + 1):
+            try:
+                lease = await self._pool.acquire(rid, exclude=tried)
+            except NoHealthyBackend:
+                if last is not None:
+                    raise last from None
+                raise
+            self._metrics.lease_wait.observe(lease.wait_seconds)
+            try:
+                async with lease:
+                    sent.backend = lease.backend.id
+                    await self._attempt(
+                        scope, send, rid, tail, body, lease, sent, last_try=attempt == self._retries
+                    )
+                    return
+            except _Retry as retry:
+                tried.append(lease.backend.id)
+                last = retry.error
+                self._metrics.failovers.inc()
+        assert last is not None
+        raise last
+
+    async def _attempt(
+        self,
+        scope: Scope,
+        send: Send,
+        rid: str,
+        tail: str,
+        body: bytes,
+        lease: Lease,
+        sent: Sent,
+        *,
+        last_try: bool,
+    ) -> None:
+        backend = lease.backend
+        headers = upstream_headers(
+            scope["headers"], backend.headers, rid, strip_client_auth=self._strip_client_auth
+        )
+        try:
+            response = await self._session.request(
+                scope["method"],
+                backend.base_url + tail,
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+                skip_auto_headers=_SKIP_AUTO,
+            )
+        except TimeoutError as exc:
+            lease.fail()
+            raise _Retry(UpstreamTimeout(f"backend {backend.id} timed out")) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            lease.fail()
+            raise _Retry(
+                UpstreamError(
+                    f"backend {backend.id} at {public_url(backend.base_url)} failed: "
+                    f"{type(exc).__name__}"
+                )
+            ) from exc
+        try:
+            await self._deliver(send, rid, response, lease, sent, last_try=last_try)
+        finally:
+            response.close()
+
+    async def _deliver(
+        self,
+        send: Send,
+        rid: str,
+        response: aiohttp.ClientResponse,
+        lease: Lease,
+        sent: Sent,
+        *,
+        last_try: bool,
+    ) -> None:
+        status = response.status
+        if status >= 500:
+            lease.fail()
+        if status in _RETRY_STATUSES and not last_try:
+            raise _Retry(UpstreamError(f"backend {lease.backend.id} answered {status}"))
+        headers = response_headers(response.raw_headers, rid.encode())
+        streamed = response.content_length is None or response.content_type == "text/event-stream"
+        if not streamed:
+            try:
+                payload = await response.read()
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                lease.fail()
+                if last_try:
+                    raise UpstreamError(f"backend {lease.backend.id} broke off") from exc
+                raise _Retry(UpstreamError(f"backend {lease.backend.id} broke off")) from exc
+            headers.append((b"content-length", str(len(payload)).encode()))
+            sent.status = status
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            sent.bytes = len(payload)
+            sent.complete = True
+            await send({"type": "http.response.body", "body": payload})
+            return
+        sent.status = status
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._pump(send, response, lease, sent)
+
+    async def _pump(
+        self, send: Send, response: aiohttp.ClientResponse, lease: Lease, sent: Sent
+    ) -> None:
+        """Chunk by chunk, as it arrives. A broken upstream ends an SSE stream with an ``error``
+        event; any other body is left incomplete, so the client sees the truncation."""
+        try:
+            async for chunk in response.content.iter_any():
+                sent.bytes += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            lease.fail()
+            error: GatewayError = (
+                UpstreamTimeout(f"backend {lease.backend.id} went silent mid-stream")
+                if isinstance(exc, asyncio.TimeoutError)
+                else UpstreamError(f"backend {lease.backend.id} broke off mid-stream")
+            )
+            error.code = "upstream_stream_broken"
+            if response.content_type != "text/event-stream":
+                raise StreamBroken(error.message) from exc
+            sent.complete = True
+            await send({"type": "http.response.body", "body": sse_error(error), "more_body": False})
+            return
+        sent.complete = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

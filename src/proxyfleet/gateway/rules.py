@@ -1,0 +1,130 @@
+"""Pure request and header rules of the gateway: no I/O, tested without sockets."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from urllib.parse import unquote
+
+from proxyfleet.errors import BadRequest
+
+__all__ = [
+    "HOP_BY_HOP",
+    "client_credential",
+    "request_id",
+    "response_headers",
+    "upstream_headers",
+    "upstream_path",
+]
+
+#: Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), plus the
+#: ones the gateway sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_NOT_UPSTREAM = HOP_BY_HOP | {b"host", b"content-length", b"x-request-id", b"expect"}
+_CLIENT_AUTH = frozenset({b"authorization", b"x-api-key"})
+_NOT_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"x-request-id", b"server", b"date"}
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_PREFIX = "/v1"
+
+
+def request_id(given: bytes | None) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a fresh one."""
+    if given:
+        text = given.decode("latin-1")
+        if _REQUEST_ID.match(text):
+            return text
+    return uuid.uuid4().hex
+
+
+def upstream_path(path: str, raw_path: bytes | None, query: bytes) -> str:
+    """The part to append to the upstream base URL for a client path under ``/v1``.
+
+    Refuses anything that could leave the configured upstream: dot segments (also encoded),
+    empty segments, backslashes, control characters, and absolute-form request targets.
+    """
+    raw = (raw_path or path.encode()).decode("latin-1")
+    if not raw.startswith("/"):
+        raise BadRequest("request target must be an absolute path", code="invalid_path")
+    if not (path == _PREFIX or path.startswith(_PREFIX + "/")):
+        raise BadRequest(f"only paths under {_PREFIX}/ are proxied", code="invalid_path")
+    decoded = unquote(unquote(raw))
+    segments = decoded.split("/")[1:]
+    if (
+        "\\" in decoded
+        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in decoded)
+        or any(seg in (".", "..") for seg in segments)
+        or any(seg == "" for seg in segments[:-1])
+    ):
+        raise BadRequest("path traversal or malformed path refused", code="invalid_path")
+    tail = raw[len(_PREFIX) :]
+    return f"{tail}?{query.decode('latin-1')}" if query else tail
+
+
+def client_credential(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key a client presented: ``Authorization: Bearer <key>`` or ``X-API-Key``."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key" and value:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names a ``Connection`` header declares hop-by-hop (RFC 9110 §7.6.1)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def upstream_headers(
+    client: Iterable[tuple[bytes, bytes]],
+    backend: tuple[tuple[str, str], ...],
+    rid: str,
+    *,
+    strip_client_auth: bool,
+) -> dict[str, str]:
+    """Client headers minus hop-by-hop ones, the backend's credentials on top, our request id."""
+    client = list(client)
+    own = {name.lower().encode() for name, _ in backend}
+    drop = _NOT_UPSTREAM | own | _connection_tokens(client)
+    if strip_client_auth:
+        drop = drop | _CLIENT_AUTH
+    out: dict[str, str] = {}
+    for raw_name, raw_value in client:
+        if raw_name not in drop:
+            key = raw_name.decode("latin-1")
+            text = raw_value.decode("latin-1")
+            out[key] = f"{out[key]}, {text}" if key in out else text
+    for name, value in backend:
+        out[name] = value
+    out["x-request-id"] = rid
+    return out
+
+
+def response_headers(
+    upstream: Iterable[tuple[bytes, bytes]], rid: bytes
+) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers for the client: hop-by-hop and length removed, request id set."""
+    upstream = [(k.lower(), v) for k, v in upstream]
+    drop = _NOT_DOWNSTREAM | _connection_tokens(upstream)
+    out = [(k, v) for k, v in upstream if k not in drop]
+    out.append((b"x-request-id", rid))
+    return out

@@ -1,0 +1,142 @@
+"""Run a :class:`Gateway` under uvicorn (uvloop + httptools), with our own signal handling.
+
+SIGTERM or SIGINT: stop accepting, let in-flight requests finish for up to
+``server.drain_grace`` seconds, cancel the rest, close the pool, exit 0. A second SIGINT forces
+the exit. Handlers only record the signal; uvicorn's main loop acts on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator, Sequence
+
+import uvicorn
+import uvloop
+
+from proxyfleet.config.model import Config
+from proxyfleet.errors import ListenError
+from proxyfleet.gateway.app import Gateway, load_keys
+from proxyfleet.logs import event
+from proxyfleet.pool import BackendSpec
+
+__all__ = ["GatewayServer", "bind", "raise_fd_limit", "run_gateway"]
+
+_log = logging.getLogger("proxyfleet.server")
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one: every connection costs descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+    return soft
+
+
+def bind(host: str, port: int, what: str = "gateway") -> socket.socket:
+    """A listening socket, or a ListenError that says what is wrong and what to do."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=4096)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"{what}: port {port} on {host} is already in use by another process; "
+                "stop it or choose another port with --port"
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise ListenError(f"{what}: not allowed to listen on {host}:{port}") from exc
+        raise ListenError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server with handlers that only record signals (and never re-raise them)."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_signal = on_signal
+        self.received: list[int] = []
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._record, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def _record(self, sig: int) -> None:
+        self.received.append(sig)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+        self._on_signal()
+
+
+def uvicorn_config(gateway: Gateway, config: Config) -> uvicorn.Config:
+    return uvicorn.Config(
+        app=gateway,
+        loop="none",
+        http="httptools",
+        ws="websockets-sansio",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(config.server.drain_grace),
+        timeout_keep_alive=65,
+        backlog=4096,
+    )
+
+
+async def serve_gateway(
+    config: Config,
+    backends: Sequence[BackendSpec],
+    sock: socket.socket,
+    announce: Callable[[str], None] | None = None,
+) -> GatewayServer:
+    gateway = Gateway(config, backends)
+    server = GatewayServer(uvicorn_config(gateway, config), gateway.begin_drain)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    if announce is not None:
+        announce(f"http://{shown}:{port}/v1")
+    event(_log, "listening", url=f"http://{shown}:{port}/v1", backends=len(backends))
+    await server.serve(sockets=[sock])
+    return server
+
+
+def run_gateway(config: Config, backends: Sequence[BackendSpec]) -> int:
+    """Serve until a signal; returns the process exit code."""
+    if config.server.auth_keys_file is not None:
+        load_keys(config.server.auth_keys_file)  # refuse a bad keys file before listening
+    raise_fd_limit()
+    sock = bind(config.server.host, config.server.port)
+
+    def announce(url: str) -> None:
+        cap = config.pool.max_concurrency
+        mode = "single-flight" if cap == 1 else f"up to {cap} per backend"
+        print(
+            f"proxyfleet serving {url} with {len(backends)} backends "
+            f"({config.pool.selection}, {mode})",
+            flush=True,
+        )
+
+    server = uvloop.run(serve_gateway(config, backends, sock, announce))
+    if not server.started:
+        print("proxyfleet: the gateway failed to start (see the log above)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,72 @@
+"""Run the mock as a server: bound, announced, stopped cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from proxyfleet.mock.server import MOCK_STATE, MockSettings, build_mock_app
+
+__all__ = ["MockServer", "running_mock", "serve_mock"]
+
+
+class MockServer:
+    """The mock on ``host:port`` (port 0 picks a free one: read :attr:`port` after start)."""
+
+    def __init__(self, host: str, port: int, settings: MockSettings) -> None:
+        self.host = host
+        self.requested_port = port
+        self.app = build_mock_app(settings)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self.port = port
+
+    def app_stats(self) -> dict[str, Any]:
+        """The counters ``GET /mock/stats`` would return."""
+        return self.app[MOCK_STATE].stats.as_json()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, self.requested_port), family=family, backlog=2048)
+        self.port = sock.getsockname()[1]
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+@asynccontextmanager
+async def running_mock(host: str, port: int, settings: MockSettings) -> AsyncIterator[MockServer]:
+    server = MockServer(host, port, settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def serve_mock(host: str, port: int, settings: MockSettings) -> None:
+    """Serve until SIGTERM or SIGINT; the first line printed is the base URL."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_mock(host, port, settings) as server:
+        print(f"mock listening on {server.base_url}", flush=True)
+        print(
+            f"  stats: http://{host}:{server.port}/mock/stats   faults: POST /mock/faults",
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()

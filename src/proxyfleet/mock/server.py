@@ -1,0 +1,339 @@
+"""``proxyfleet mock``: an OpenAI-compatible upstream for demos, tests and benchmarks.
+
+It serves chat completions and responses (JSON, SSE, and the WebSocket form of responses),
+``/v1/models``, and echoes any other ``/v1`` path. Faults are injected from flags or at runtime
+(``POST /mock/faults``). It counts requests, in-flight and peak concurrency per credential (a
+short hash of the ``Authorization``, ``X-API-Key`` or ``Cookie`` value, never the secret itself)
+and reports them at ``GET /mock/stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from proxyfleet.mock.payloads import (
+    chat_chunk,
+    chat_completion,
+    reply_text,
+    response_events,
+    response_object,
+    sse,
+)
+
+__all__ = ["MOCK_STATE", "MockSettings", "MockStats", "build_mock_app", "credential_label"]
+
+
+@dataclass(frozen=True)
+class MockSettings:
+    """Behaviour and faults. Times are seconds."""
+
+    latency: float = 0.0  # delay before a non-streamed answer; between stream chunks
+    ttft: float = 0.0  # delay before the first streamed chunk
+    chunks: int = 8
+    chunk_size: int = 8
+    fail_rate: float = 0.0  # fraction of requests answered with fail_status
+    fail_status: int = 500
+    hang: bool = False  # accept the request and never answer
+    drop_after: int | None = None  # close the connection after this many stream chunks
+    models: tuple[str, ...] = ("mock-gpt", "mock-gpt-mini")
+    name: str = "mock"  # reported in answers, to tell mocks apart
+
+    def updated(self, changes: dict[str, Any]) -> MockSettings:
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown fault setting(s): {', '.join(unknown)}")
+        if "models" in changes:
+            changes = dict(changes, models=tuple(changes["models"]))
+        return replace(self, **changes)
+
+
+@dataclass
+class _Counter:
+    requests: int = 0
+    inflight: int = 0
+    peak: int = 0
+
+
+@dataclass
+class MockStats:
+    credentials: dict[str, _Counter] = field(default_factory=dict)
+    requests: int = 0
+    inflight: int = 0
+    peak: int = 0
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=200))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "inflight": self.inflight,
+            "peak": self.peak,
+            "credentials": {k: asdict(v) for k, v in self.credentials.items()},
+            "recent": list(self.recent),
+        }
+
+
+@dataclass
+class MockState:
+    settings: MockSettings
+    stats: MockStats = field(default_factory=MockStats)
+
+
+MOCK_STATE = web.AppKey("mock_state", MockState)
+
+
+def credential_label(value: str) -> str:
+    """How the mock names a credential: a short hash, so secrets never show in its output."""
+    return "cred-" + hashlib.sha256(value.encode()).hexdigest()[:10]
+
+
+def _credential(request: web.Request) -> str:
+    for name in ("Authorization", "X-API-Key", "Cookie"):
+        value = request.headers.get(name)
+        if value:
+            return credential_label(value)
+    return "anonymous"
+
+
+class _Tracked:
+    """Counts one request in-flight for its credential while the ``with`` block runs."""
+
+    def __init__(self, state: MockState, request: web.Request) -> None:
+        self.stats = state.stats
+        self.label = _credential(request)
+        self.stats.recent.append(
+            {
+                "method": request.method,
+                "path": request.path_qs,
+                "credential": self.label,
+                "request_id": request.headers.get("X-Request-ID"),
+                "headers": sorted(h.lower() for h in request.headers),
+            }
+        )
+
+    def __enter__(self) -> str:
+        stats = self.stats
+        counter = stats.credentials.setdefault(self.label, _Counter())
+        counter.requests += 1
+        counter.inflight += 1
+        counter.peak = max(counter.peak, counter.inflight)
+        stats.requests += 1
+        stats.inflight += 1
+        stats.peak = max(stats.peak, stats.inflight)
+        return self.label
+
+    def __exit__(self, *exc: object) -> None:
+        self.stats.credentials[self.label].inflight -= 1
+        self.stats.inflight -= 1
+
+
+def _error(status: int, message: str, code: str) -> web.Response:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "code": code}}, status=status
+    )
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps(
+                {
+                    "error": {
+                        "message": "invalid JSON",
+                        "type": "invalid_request_error",
+                        "code": "invalid_json",
+                    }
+                }
+            ),
+            content_type="application/json",
+        ) from exc
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return data
+
+
+async def _fault(settings: MockSettings) -> web.Response | None:
+    if settings.hang:
+        await asyncio.Event().wait()
+    if settings.fail_rate and random.random() < settings.fail_rate:
+        return _error(settings.fail_status, "injected failure", "mock_failure")
+    return None
+
+
+async def _stream(
+    request: web.Request, settings: MockSettings, frames: list[bytes]
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    if settings.ttft:
+        await asyncio.sleep(settings.ttft)
+    for n, frame in enumerate(frames):
+        if settings.drop_after is not None and n >= settings.drop_after:
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        if n and settings.latency:
+            await asyncio.sleep(settings.latency)
+        await response.write(frame)
+    await response.write_eof()
+    return response
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[MOCK_STATE]
+    settings = state.settings
+    with _Tracked(state, request) as label:
+        body = await _body(request)
+        failed = await _fault(settings)
+        if failed is not None:
+            return failed
+        model = str(body.get("model") or settings.models[0])
+        pieces = reply_text(settings.chunks, settings.chunk_size)
+        if not body.get("stream"):
+            if settings.latency:
+                await asyncio.sleep(settings.latency)
+            return web.json_response(chat_completion(model, "".join(pieces), label))
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        frames = [sse(chat_chunk(cid, model, {"role": "assistant", "content": ""}))]
+        frames += [sse(chat_chunk(cid, model, {"content": p})) for p in pieces]
+        frames.append(sse(chat_chunk(cid, model, {}, "stop")))
+        frames.append(sse("[DONE]"))
+        return await _stream(request, settings, frames)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    state = request.app[MOCK_STATE]
+    settings = state.settings
+    with _Tracked(state, request):
+        body = await _body(request)
+        failed = await _fault(settings)
+        if failed is not None:
+            return failed
+        model = str(body.get("model") or settings.models[0])
+        pieces = reply_text(settings.chunks, settings.chunk_size)
+        if not body.get("stream"):
+            if settings.latency:
+                await asyncio.sleep(settings.latency)
+            return web.json_response(response_object(model, "".join(pieces)))
+        frames = [sse(e, e["type"]) for e in response_events(model, pieces)]
+        return await _stream(request, settings, frames)
+
+
+async def responses_websocket(request: web.Request) -> web.StreamResponse:
+    """The WebSocket form: ``response.create`` frames in, one event per frame out."""
+    state = request.app[MOCK_STATE]
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    with _Tracked(state, request):
+        async for message in ws:
+            if message.type is not WSMsgType.TEXT:
+                continue
+            try:
+                frame = json.loads(message.data)
+            except json.JSONDecodeError:
+                await ws.send_json(
+                    {
+                        "type": "error",
+                        "error": {
+                            "message": "invalid JSON",
+                            "type": "invalid_request_error",
+                            "code": "invalid_json",
+                        },
+                    }
+                )
+                continue
+            if frame.get("type") != "response.create":
+                await ws.send_json(
+                    {
+                        "type": "error",
+                        "error": {
+                            "message": "expected a response.create frame",
+                            "type": "invalid_request_error",
+                            "code": "unknown_event",
+                        },
+                    }
+                )
+                continue
+            settings = state.settings
+            model = str(frame.get("model") or settings.models[0])
+            for event in response_events(model, reply_text(settings.chunks, settings.chunk_size)):
+                if settings.latency:
+                    await asyncio.sleep(settings.latency)
+                await ws.send_json(event)
+    return ws
+
+
+async def models(request: web.Request) -> web.Response:
+    settings = request.app[MOCK_STATE].settings
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": settings.name}
+        for m in settings.models
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def echo(request: web.Request) -> web.Response:
+    state = request.app[MOCK_STATE]
+    with _Tracked(state, request):
+        body = await request.read()
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "body_bytes": len(body),
+                "mock": state.settings.name,
+            }
+        )
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[MOCK_STATE].stats.as_json())
+
+
+async def reset(request: web.Request) -> web.Response:
+    request.app[MOCK_STATE].stats = MockStats()
+    return web.json_response({"ok": True})
+
+
+async def faults(request: web.Request) -> web.Response:
+    state = request.app[MOCK_STATE]
+    if request.method == "POST":
+        try:
+            state.settings = state.settings.updated(await request.json())
+        except (ValueError, TypeError) as exc:
+            return _error(400, str(exc), "invalid_fault")
+    return web.json_response(asdict(state.settings))
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "name": request.app[MOCK_STATE].settings.name})
+
+
+def build_mock_app(settings: MockSettings | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[MOCK_STATE] = MockState(settings or MockSettings())
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/responses", responses)
+    app.router.add_get("/v1/responses", responses_websocket)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/mock/stats", stats)
+    app.router.add_post("/mock/reset", reset)
+    app.router.add_route("*", "/mock/faults", faults)
+    app.router.add_get("/health", health)
+    app.router.add_route("*", "/v1/{tail:.*}", echo)
+    return app

@@ -1,0 +1,149 @@
+"""Property-based test of the pool: random leases, releases, failures, timeouts, cancellations."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from proxyfleet.errors import LeaseTimeout, NoHealthyBackend, QueueFull
+from proxyfleet.pool import BackendSpec, MemoryStore, Outcome, Pool, PoolSettings
+from proxyfleet.pool.health import HealthPolicy
+
+OUTCOMES = st.sampled_from([Outcome.SUCCESS, Outcome.FAILURE, Outcome.NEUTRAL])
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock only moves when the test says so: timers are deterministic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+
+class PoolMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = VirtualTimeLoop()
+        self.caps = {"a": 1, "b": 1, "c": 2}
+        backends = [
+            BackendSpec(k, f"http://127.0.0.1:1/{k}", (), cap) for k, cap in self.caps.items()
+        ]
+        store = MemoryStore(backends, HealthPolicy(2, 0.01), clock=self.loop.time)
+        self.pool = Pool(backends, PoolSettings(queue_limit=6), store=store)
+        self.loop.run_until_complete(self.pool.__aenter__())
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.signals: dict[int, asyncio.Future[Outcome]] = {}
+        self.held: dict[int, str] = {}
+        self.ended: dict[int, str] = {}
+        self.next_id = 0
+
+    async def _client(self, i: int, timeout: float) -> None:
+        try:
+            async with self.pool.lease(f"r{i}", timeout) as lease:
+                self.held[i] = lease.backend.id
+                try:
+                    outcome = await self.signals[i]
+                    if outcome is Outcome.FAILURE:
+                        lease.fail()
+                    elif outcome is Outcome.NEUTRAL:
+                        raise RuntimeError("aborted request")
+                finally:
+                    del self.held[i]
+            self.ended[i] = "released"
+        except (LeaseTimeout, NoHealthyBackend, QueueFull) as exc:
+            self.ended[i] = type(exc).__name__
+        except RuntimeError:
+            self.ended[i] = "aborted"
+
+    def _settle(self, seconds: float = 0.0) -> None:
+        """Move the clock, then let every ready callback and due timer run."""
+        self.loop.now += seconds
+
+        async def pause() -> None:
+            for _ in range(20):
+                await asyncio.sleep(0)
+
+        self.loop.run_until_complete(pause())
+
+    @rule(timeout=st.sampled_from([0.005, 0.02, 5.0]))
+    def request(self, timeout: float) -> None:
+        i = self.next_id
+        self.next_id += 1
+        self.signals[i] = self.loop.create_future()
+        self.tasks[i] = self.loop.create_task(self._client(i, timeout))
+        self._settle()
+
+    @precondition(lambda self: bool(self.held))
+    @rule(data=st.data(), outcome=OUTCOMES)
+    def finish(self, data: Any, outcome: Outcome) -> None:
+        i = data.draw(st.sampled_from(sorted(self.held)))
+        self.signals[i].set_result(outcome)
+        self._settle()
+
+    @precondition(lambda self: bool(self.held) and self.pool.waiting > 0)
+    @rule(data=st.data())
+    def finish_then_cancel_a_waiter(self, data: Any) -> None:
+        """A release hands a backend to a waiter that is cancelled before it wakes up."""
+        i = data.draw(st.sampled_from(sorted(self.held)))
+        waiting = sorted(j for j, t in self.tasks.items() if not t.done() and j not in self.held)
+        victim = self.tasks[data.draw(st.sampled_from(waiting))]
+        # Runs in the same loop iteration as the holder's wake-up, right after its release.
+        self.signals[i].add_done_callback(lambda _: victim.cancel())
+        self.signals[i].set_result(Outcome.SUCCESS)
+        self._settle()
+
+    @precondition(lambda self: any(not t.done() for t in self.tasks.values()))
+    @rule(data=st.data())
+    def cancel(self, data: Any) -> None:
+        live = sorted(i for i, t in self.tasks.items() if not t.done())
+        i = data.draw(st.sampled_from(live))
+        self.tasks[i].cancel()
+        self._settle()
+
+    @rule(seconds=st.sampled_from([0.001, 0.01, 0.03]))
+    def time_passes(self, seconds: float) -> None:
+        self._settle(seconds)
+
+    @invariant()
+    def caps_hold_and_counts_match(self) -> None:
+        held_per_backend: dict[str, int] = {}
+        for backend in self.held.values():
+            held_per_backend[backend] = held_per_backend.get(backend, 0) + 1
+        for status in self.pool.snapshot():
+            assert status.inflight <= self.caps[status.id]
+            assert status.inflight == held_per_backend.get(status.id, 0), status
+
+    @invariant()
+    def no_waiter_lost(self) -> None:
+        live = [i for i, t in self.tasks.items() if not t.done()]
+        waiting = [i for i in live if i not in self.held]
+        assert len(waiting) == self.pool.waiting
+
+    def teardown(self) -> None:
+        for i, fut in self.signals.items():
+            if not fut.done():
+                fut.set_result(Outcome.SUCCESS)
+        self._settle(10.0)
+        for task in self.tasks.values():
+            task.cancel()
+        self._settle()
+        assert all(s.inflight == 0 for s in self.pool.snapshot())
+        assert self.pool.waiting == 0
+        self.loop.run_until_complete(self.pool.close())
+        self.loop.close()
+
+
+TestPoolStateful = PoolMachine.TestCase
+TestPoolStateful.settings = settings(
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
