@@ -127,7 +127,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert len(waiting) == self.pool.waiting
 
     def teardown(self) -> None:
-        for i, fut in self.signals.items():
+        for _i, fut in self.signals.items():
             if not fut.done():
                 fut.set_result(Outcome.SUCCESS)
         self._settle(10.0)
