@@ -1,0 +1,100 @@
+"""Config loading: precedence, and every bad input refused with file, field and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxyfleet.config import load_config, resolve_backends
+from proxyfleet.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "proxyfleet.yaml"
+
+
+def test_example_config_loads() -> None:
+    config = load_config(EXAMPLE)
+    assert config.server.port == 2048
+    backends = resolve_backends(config)
+    assert [b.id for b in backends] == ["team-key", "other-provider"]
+    assert backends[1].max_concurrency == 2
+    assert "sk-example" not in repr(config) + repr(backends)
+
+
+def test_precedence_file_env_flag(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("server: {port: 3000}\npool: {selection: least-busy, retries: 5}\n")
+    env = {"PROXYFLEET_SERVER__PORT": "4000", "PROXYFLEET_POOL__RETRIES": "1", "HOME": "/x"}
+    config = load_config(file, env=env, overrides={"server.port": (5000, "flag --port")})
+    assert config.server.port == 5000
+    assert config.pool.retries == 1
+    assert config.pool.selection == "least-busy"
+
+
+def test_env_lists_parse_as_yaml() -> None:
+    env = {"PROXYFLEET_POOL__UPSTREAMS": "[http://127.0.0.1:1/v1, http://127.0.0.1:2/v1]"}
+    config = load_config(None, env=env)
+    assert config.pool.upstreams == ("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1")
+
+
+def test_paths_in_file_are_relative_to_it(tmp_path: Path) -> None:
+    file = tmp_path / "sub" / "c.yaml"
+    file.parent.mkdir()
+    file.write_text("pool: {credentials_dir: accounts}\n")
+    assert load_config(file).pool.credentials_dir == file.parent / "accounts"
+    flagged = load_config(file, overrides={"pool.credentials_dir": (Path("x"), "flag")})
+    assert flagged.pool.credentials_dir == Path("x")
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "reason"),
+    [
+        ("server: {prot: 1}\n", "server.prot", "unknown key"),
+        ("bogus: 1\n", "bogus", "unknown key"),
+        ("server: {port: eighty}\n", "server.port", "valid integer"),
+        ("server: {port: 70000}\n", "server.port", "less than or equal to 65535"),
+        ("pool: {selection: random}\n", "pool.selection", "'lru', 'round-robin' or 'least-busy'"),
+        ("pool: {upstreams: [ftp://x]}\n", "pool.upstreams[0]", "http:// or https://"),
+        ("pool: {backends: [{id: a, api_key: 12345}]}\n", "pool.backends[0].api_key", "string"),
+        ("pool: [1, 2]\n", "pool", "valid dictionary"),
+        ("server: {port: 1\n", "line 2", "invalid YAML"),
+        ("- a\n- b\n", "", "top level must be a mapping"),
+    ],
+)
+def test_bad_file_names_file_field_reason(
+    tmp_path: Path, text: str, field: str, reason: str
+) -> None:
+    file = tmp_path / "bad.yaml"
+    file.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.source == str(file)
+    assert info.value.field.startswith(field)
+    assert reason in info.value.reason
+    assert "12345" not in str(info.value)  # secret values are never echoed
+
+
+def test_bad_env_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"PROXYFLEET_POOL__RETRIES": "many"})
+    assert info.value.source == "environment variable PROXYFLEET_POOL__RETRIES"
+    assert info.value.field == "pool.retries"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"PROXYFLEET_POOL__NOPE": "1"})
+    assert info.value.field == "pool.nope"
+    assert info.value.reason == "unknown key"
+
+
+def test_bad_flag_names_the_flag() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides={"pool.max_concurrency": (0, "flag --max-concurrency")})
+    assert info.value.source == "flag --max-concurrency"
+
+
+def test_unreadable_and_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(tmp_path / "nope.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(binary)
