@@ -57,8 +57,11 @@ class Proc:
         """``http://host:port`` without the /v1."""
         return self.url.rsplit("/v1", 1)[0]
 
-    def get_json(self, path: str, timeout: float = 5.0) -> Any:
-        with urllib.request.urlopen(self.root + path, timeout=timeout) as response:
+    def get_json(
+        self, path: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+    ) -> Any:
+        request = urllib.request.Request(self.root + path, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.load(response)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:

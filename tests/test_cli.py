@@ -15,19 +15,37 @@ from tests.conftest import run_cli
     [
         (["serve", "--config", "missing.yaml"], {}, "missing.yaml: cannot read file"),
         (["serve", "--config", "bad.yaml"], {}, "bad.yaml: pool.selection"),
-        (["serve", "--credentials-dir", "nowhere", "--upstream", "http://127.0.0.1:1/v1"], {},
-         "pool.credentials_dir: nowhere: directory does not exist"),
-        (["serve", "--credentials-dir", "empty", "--upstream", "http://127.0.0.1:1/v1"], {},
-         "is empty"),
-        (["serve", "--credentials-dir", "broken", "--upstream", "http://127.0.0.1:1/v1"], {},
-         "broken/x.json: line 1: invalid JSON"),
+        (
+            ["serve", "--credentials-dir", "nowhere", "--upstream", "http://127.0.0.1:1/v1"],
+            {},
+            "pool.credentials_dir: nowhere: directory does not exist",
+        ),
+        (
+            ["serve", "--credentials-dir", "empty", "--upstream", "http://127.0.0.1:1/v1"],
+            {},
+            "is empty",
+        ),
+        (
+            ["serve", "--credentials-dir", "broken", "--upstream", "http://127.0.0.1:1/v1"],
+            {},
+            "broken/x.json: line 1: invalid JSON",
+        ),
         (["serve"], {}, "no backends"),
-        (["serve", "--upstream", "http://127.0.0.1:1/v1"], {"PROXYFLEET_SERVER__PORT": "x"},
-         "environment variable PROXYFLEET_SERVER__PORT: server.port"),
-        (["serve", "--upstream", "http://127.0.0.1:1/v1", "--max-concurrency", "0"], {},
-         "flag --max-concurrency: pool.max_concurrency"),
-        (["serve", "--upstream", "http://127.0.0.1:1/v1", "--auth-keys-file", "nokeys"], {},
-         "server.auth_keys_file: nokeys: cannot read"),
+        (
+            ["serve", "--upstream", "http://127.0.0.1:1/v1"],
+            {"PROXYFLEET_SERVER__PORT": "x"},
+            "environment variable PROXYFLEET_SERVER__PORT: server.port",
+        ),
+        (
+            ["serve", "--upstream", "http://127.0.0.1:1/v1", "--max-concurrency", "0"],
+            {},
+            "flag --max-concurrency: pool.max_concurrency",
+        ),
+        (
+            ["serve", "--upstream", "http://127.0.0.1:1/v1", "--auth-keys-file", "nokeys"],
+            {},
+            "server.auth_keys_file: nokeys: cannot read",
+        ),
         (["config", "--config", "bad.yaml"], {}, "bad.yaml: pool.selection"),
     ],
 )
@@ -59,8 +77,13 @@ def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_config_command_prints_backends_without_secrets(tmp_path: Path) -> None:
     (tmp_path / "a.key").write_text("sk-very-secret-1234")
-    result = run_cli("config", "--credentials-dir", str(tmp_path), "--upstream",
-                     "https://user:pw@api.example.com/v1")
+    result = run_cli(
+        "config",
+        "--credentials-dir",
+        str(tmp_path),
+        "--upstream",
+        "https://user:pw@api.example.com/v1",
+    )
     assert result.returncode == 0, result.stderr
     assert "sk-very-secret" not in result.stdout
     assert "pw@" not in result.stdout.split('"backends"')[1]
@@ -73,4 +96,5 @@ def test_help_explains_commands() -> None:
     for word in ("serve", "mock", "demo", "config", "PROXYFLEET_"):
         assert word in result.stdout
     serve = run_cli("serve", "--help")
-    assert "--credentials-dir" in serve.stdout and "single-flight" in serve.stdout
+    assert "--credentials-dir" in serve.stdout
+    assert "single-flight" in serve.stdout

@@ -42,7 +42,8 @@ def test_three_kinds_of_file(tmp_path: Path) -> None:
     assert (a.id, a.base_url, a.headers) == ("a", UPSTREAM, (("Authorization", "Bearer sk-alpha"),))
     assert b.headers == (("Cookie", "sid=s1; api=s2"),)
     assert (c.base_url, c.headers) == ("http://127.0.0.1:9/v1", (("X-Token", "t"),))
-    assert "sk-alpha" not in repr(a) and "sk-alpha" not in json.dumps(a.describe())
+    assert "sk-alpha" not in repr(a)
+    assert "sk-alpha" not in json.dumps(a.describe())
 
 
 def test_secure_cookies_only_over_https() -> None:
@@ -61,8 +62,10 @@ def test_secure_cookies_only_over_https() -> None:
         ({"a.json": "[1]"}, "JSON object"),
         ({"a.json": '{"foo": 1}'}, "neither a Playwright storage state"),
         ({"a.json": '{"cookies": [{"name": "x"}]}'}, "list of {name, value, domain"),
-        ({"a.json": '{"cookies": [{"name": "x", "value": "v", "domain": "elsewhere.org"}]}'},
-         "no unexpired cookie matches"),
+        (
+            {"a.json": '{"cookies": [{"name": "x", "value": "v", "domain": "elsewhere.org"}]}'},
+            "no unexpired cookie matches",
+        ),
         ({"a.json": '{"headers": {"X": 1}}'}, "string values"),
         ({"a.json": '{"headers": {}, "upstream": "ftp://x"}'}, "http:// or https://"),
         ({"a.json": '{"headers": {}, "extra": 1}'}, "unknown key"),
@@ -91,16 +94,21 @@ def test_empty_pool_and_duplicates(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no backends"):
         resolve_backends(load_config(None))
     (tmp_path / "a.key").write_text("sk-1")
-    config = load_config(None, overrides={
-        "pool.credentials_dir": (tmp_path, "flag"),
-        "pool.backends": ([{"id": "a", "api_key": "sk-2"}], "flag"),
-        "upstream.base_url": ("http://127.0.0.1:1/v1", "flag"),
-    })
+    config = load_config(
+        None,
+        overrides={
+            "pool.credentials_dir": (tmp_path, "flag"),
+            "pool.backends": ([{"id": "a", "api_key": "sk-2"}], "flag"),
+            "upstream.base_url": ("http://127.0.0.1:1/v1", "flag"),
+        },
+    )
     with pytest.raises(ConfigError, match="duplicate backend id 'a'"):
         resolve_backends(config)
 
 
 def test_keyless_upstreams_get_distinct_ids() -> None:
-    config = load_config(None, env={
-        "PROXYFLEET_POOL__UPSTREAMS": "[http://127.0.0.1:9001/v1, http://127.0.0.1:9001/v2]"})
+    config = load_config(
+        None,
+        env={"PROXYFLEET_POOL__UPSTREAMS": "[http://127.0.0.1:9001/v1, http://127.0.0.1:9001/v2]"},
+    )
     assert [b.id for b in resolve_backends(config)] == ["127.0.0.1:9001", "127.0.0.1:9001#2"]

@@ -39,16 +39,18 @@ def _length(data: bytes) -> int:
 @pytest.fixture
 def gateway(procs: Processes) -> Proc:
     mock = procs.mock()
-    proc = procs.gateway("--upstream", mock.url,
-                         env={"PROXYFLEET_SERVER__MAX_BODY_BYTES": "1000"})
+    proc = procs.gateway("--upstream", mock.url, env={"PROXYFLEET_SERVER__MAX_BODY_BYTES": "1000"})
     proc.extra["mock"] = mock
     return proc
 
 
 async def _post(url: str, data: bytes, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    async with aiohttp.ClientSession() as session, session.post(
-        url, data=data, headers=headers or {"Content-Type": "application/json"}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url, data=data, headers=headers or {"Content-Type": "application/json"}
+        ) as response,
+    ):
         return response.status, await response.json(), response.headers
 
 
@@ -71,8 +73,13 @@ async def test_malformed_json_is_400(gateway: Proc, payload: bytes) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    [b"/v1/../admin/pool", b"/v1/%2e%2e/mock/stats", b"/v1//evil", b"/v1/a/%252e%252e/b",
-     b"/v1/a\\..\\b"],
+    [
+        b"/v1/../admin/pool",
+        b"/v1/%2e%2e/mock/stats",
+        b"/v1//evil",
+        b"/v1/a/%252e%252e/b",
+        b"/v1/a\\..\\b",
+    ],
 )
 def test_path_tricks_are_400(gateway: Proc, target: bytes) -> None:
     status, body = raw_http(gateway, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -96,14 +103,23 @@ def test_outside_v1_is_404_in_openai_shape(gateway: Proc) -> None:
 
 
 async def test_hop_by_hop_headers_are_not_forwarded(gateway: Proc) -> None:
-    async with aiohttp.ClientSession() as session, session.get(
-        gateway.url + "/echo",
-        headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1",
-                 "Proxy-Authorization": "Basic abc", "TE": "trailers", "X-Kept": "yes"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            gateway.url + "/echo",
+            headers={
+                "Connection": "keep-alive, X-Secret-Hop",
+                "X-Secret-Hop": "1",
+                "Proxy-Authorization": "Basic abc",
+                "TE": "trailers",
+                "X-Kept": "yes",
+            },
+        ) as response,
+    ):
         assert response.status == 200
     seen = gateway.extra["mock"].get_json("/mock/stats")["recent"][-1]["headers"]
-    assert "x-kept" in seen and "x-request-id" in seen
+    assert "x-kept" in seen
+    assert "x-request-id" in seen
     for hop in ("x-secret-hop", "proxy-authorization", "te"):
         assert hop not in seen
 
@@ -115,14 +131,18 @@ async def test_client_auth(procs: Processes, tmp_path: Path) -> None:
     gateway = procs.gateway("--upstream", mock.url, "--auth-keys-file", str(keys))
     body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "nope"}):
-        status, answer, _ = await _post(gateway.url + "/chat/completions",
-                                        json.dumps(body).encode(), headers)
+        status, answer, _ = await _post(
+            gateway.url + "/chat/completions", json.dumps(body).encode(), headers
+        )
         assert status == 401
         assert answer["error"]["code"] == "invalid_api_key"
     with openai.OpenAI(base_url=gateway.url, api_key="client-key-two") as client:
         assert client.chat.completions.create(**body).choices[0].message.content  # type: ignore[call-overload]
-    status, _, _ = await _post(gateway.url + "/chat/completions", json.dumps(body).encode(),
-                               {"X-API-Key": "client-key-one"})
+    status, _, _ = await _post(
+        gateway.url + "/chat/completions",
+        json.dumps(body).encode(),
+        {"X-API-Key": "client-key-one"},
+    )
     assert status == 200
     recent = mock.get_json("/mock/stats")["recent"]
     assert all(r["credential"] == "anonymous" for r in recent)  # client keys never go upstream
@@ -131,7 +151,10 @@ async def test_client_auth(procs: Processes, tmp_path: Path) -> None:
 async def test_max_sessions(procs: Processes) -> None:
     mock = procs.mock("--latency", "2")
     gateway = procs.gateway(
-        "--upstream", mock.url, "--max-concurrency", "10",
+        "--upstream",
+        mock.url,
+        "--max-concurrency",
+        "10",
         env={"PROXYFLEET_SERVER__MAX_SESSIONS": "2"},
     )
     body = json.dumps({"model": "m", "messages": []}).encode()

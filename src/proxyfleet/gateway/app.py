@@ -9,6 +9,7 @@ WebSocket upgrades under ``/v1`` are passed through (see :mod:`.websocket`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import ipaddress
@@ -32,14 +33,23 @@ from proxyfleet.errors import (
     GatewayError,
     NotFound,
     Overloaded,
+    PoolClosed,
     StateError,
     Unauthorized,
 )
-from proxyfleet.gateway.asgi import Receive, Scope, Send, read_body, send_error, send_json
+from proxyfleet.gateway.asgi import (
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_error,
+    send_json,
+    sse_error,
+)
 from proxyfleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from proxyfleet.gateway.proxy import Forwarder, Sent, StreamBroken
 from proxyfleet.gateway.rules import client_credential, request_id, upstream_path
-from proxyfleet.gateway.websocket import WebSocketRelay
+from proxyfleet.gateway.websocket import WebSocketRelay, reject
 from proxyfleet.logs import event
 from proxyfleet.pool import BackendSpec, Pool, PoolSettings
 from proxyfleet.pool.prober import Prober
@@ -265,6 +275,9 @@ class Gateway:
             sent.status = sent.status or 499
         except StreamBroken:
             pass  # the response is left incomplete on purpose; the client sees the truncation
+        except asyncio.CancelledError:
+            # The server cancels what is left when the drain grace runs out: say so, and end.
+            await self._cancelled(send, rid, sent)
         finally:
             if counted:
                 self._active -= 1
@@ -282,6 +295,19 @@ class Gateway:
                     bytes=sent.bytes,
                     duration_ms=round(elapsed * 1000, 2),
                 )
+
+    async def _cancelled(self, send: Send, rid: str, sent: Sent) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        error = PoolClosed("the gateway is shutting down; retry", retry_after=1.0)
+        with contextlib.suppress(OSError, RuntimeError):
+            if not sent.status:
+                sent.status = error.status
+                await send_error(send, error, rid.encode())
+            elif sent.sse and not sent.complete:
+                sent.complete = True
+                await send({"type": "http.response.body", "body": sse_error(error)})
 
     async def _forward_watched(
         self,
@@ -373,13 +399,8 @@ class Gateway:
                 raise Overloaded("too many requests in flight", retry_after=1.0)
             tail = upstream_path(path, scope.get("raw_path"), scope["query_string"])
         except GatewayError as error:
-            await send(
-                {
-                    "type": "websocket.close",
-                    "code": 1008 if error.status < 500 else 1013,
-                    "reason": error.message[:120],
-                }
-            )
+            await receive()  # websocket.connect
+            await reject(scope, send, error)
             return
         self._active += 1
         try:

@@ -38,6 +38,7 @@ class Sent:
     backend: str | None = None
     bytes: int = 0
     complete: bool = False  # the last body message is being sent
+    sse: bool = False  # the body is an event stream
 
 
 class _Retry(Exception):
@@ -165,6 +166,7 @@ class Forwarder:
             await send({"type": "http.response.body", "body": payload})
             return
         sent.status = status
+        sent.sse = response.content_type == "text/event-stream"
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await self._pump(send, response, lease, sent)
 
@@ -185,7 +187,7 @@ class Forwarder:
                 else UpstreamError(f"backend {lease.backend.id} broke off mid-stream")
             )
             error.code = "upstream_stream_broken"
-            if response.content_type != "text/event-stream":
+            if not sent.sse:
                 raise StreamBroken(error.message) from exc
             sent.complete = True
             await send({"type": "http.response.body", "body": sse_error(error), "more_body": False})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import aiohttp
 
@@ -15,7 +16,7 @@ from proxyfleet.gateway.rules import upstream_headers
 from proxyfleet.pool import Lease, Pool
 from proxyfleet.pool.backend import public_url
 
-__all__ = ["WebSocketRelay"]
+__all__ = ["WebSocketRelay", "reject"]
 
 _TRY_NEXT = 1013  # "try again later"
 _ABNORMAL = 1011
@@ -52,7 +53,7 @@ class WebSocketRelay:
             try:
                 lease = await self._pool.acquire(rid, exclude=tried)
             except GatewayError as exc:
-                await _close(send, _TRY_NEXT, (error or exc).message)
+                await reject(scope, send, error or exc, rid)
                 return
             async with lease:
                 upstream = await self._connect(scope, lease, tail, rid)
@@ -70,7 +71,7 @@ class WebSocketRelay:
                     )
                     await self._pump(receive, send, upstream, lease)
                 return
-        await _close(send, _TRY_NEXT, (error or NoHealthyBackend("no backend")).message)
+        await reject(scope, send, error or NoHealthyBackend("no backend"), rid)
 
     async def _connect(
         self, scope: Scope, lease: Lease, tail: str, rid: str
@@ -144,6 +145,24 @@ async def _upstream_to_client(
             break
     code = upstream.close_code or _ABNORMAL
     await _close(send, code if code != 1006 else _ABNORMAL, "upstream closed")
+
+
+async def reject(scope: Scope, send: Send, error: GatewayError, rid: str | None = None) -> None:
+    """Refuse an upgrade: an HTTP answer in the OpenAI error shape where the server can send
+    one (the ASGI ``websocket.http.response`` extension), else a close frame."""
+    if "websocket.http.response" not in (scope.get("extensions") or {}):
+        await _close(send, 1008 if error.status < 500 else _TRY_NEXT, error.message)
+        return
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if rid:
+        headers.append((b"x-request-id", rid.encode()))
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+    await send(
+        {"type": "websocket.http.response.start", "status": error.status, "headers": headers}
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 async def _close(send: Send, code: int, reason: str) -> None:
