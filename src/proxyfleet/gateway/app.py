@@ -53,6 +53,7 @@ from proxyfleet.gateway.websocket import WebSocketRelay, reject
 from proxyfleet.logs import event
 from proxyfleet.pool import BackendSpec, Pool, PoolSettings
 from proxyfleet.pool.prober import Prober
+from proxyfleet.upstream import UpstreamClient
 
 __all__ = ["Gateway", "GatewayState"]
 
@@ -154,10 +155,15 @@ class Gateway:
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         )
+        client = await self._stack.enter_async_context(
+            UpstreamClient(
+                connect_timeout=upstream.connect_timeout, read_timeout=upstream.read_timeout
+            )
+        )
         await self._stack.enter_async_context(self.pool)
         strip = self._keys is not None
         self._forwarder = Forwarder(
-            self._session,
+            client,
             self.pool,
             self.metrics,
             retries=self.config.pool.retries,
@@ -258,15 +264,7 @@ class Gateway:
                 )
             self._active += 1
             counted = True
-            tail = upstream_path(path, scope.get("raw_path"), scope["query_string"])
-            body = await read_body(scope, receive, self._body_limit)
-            if route in _JSON_ROUTES and scope["method"] == "POST":
-                _check_json(body)
-            if route == "models" and scope["method"] == "GET":
-                if await self._models(send, rid, sent):
-                    return
-                send = self._caching_models(send)
-            await self._forward_watched(scope, receive, send, rid, tail, body, sent)
+            await self._serve(scope, receive, send, path, route, rid, sent)
         except GatewayError as error:
             if not sent.status:
                 sent.status = error.status
@@ -275,26 +273,56 @@ class Gateway:
             sent.status = sent.status or 499
         except StreamBroken:
             pass  # the response is left incomplete on purpose; the client sees the truncation
+        except Exception:
+            _log.exception("request %s failed inside the gateway", rid)
+            if not sent.status:
+                sent.status = 500
+                await send_error(send, GatewayError("internal error in the gateway"), rid.encode())
         except asyncio.CancelledError:
             # The server cancels what is left when the drain grace runs out: say so, and end.
             await self._cancelled(send, rid, sent)
         finally:
             if counted:
                 self._active -= 1
-            elapsed = time.perf_counter() - started
-            self.metrics.observe(route, sent.status or 499, elapsed)
-            if self._access_log:
-                event(
-                    _log,
-                    "request",
-                    method=scope["method"],
-                    path=path,
-                    status=sent.status,
-                    request_id=rid,
-                    backend=sent.backend,
-                    bytes=sent.bytes,
-                    duration_ms=round(elapsed * 1000, 2),
-                )
+            self._record(scope, path, route, rid, sent, time.perf_counter() - started)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        route: str,
+        rid: str,
+        sent: Sent,
+    ) -> None:
+        tail = upstream_path(path, scope.get("raw_path"), scope["query_string"])
+        body = await read_body(scope, receive, self._body_limit)
+        method = scope["method"]
+        if route in _JSON_ROUTES and method == "POST":
+            _check_json(body)
+        if route == "models" and method == "GET":
+            if await self._models(send, rid, sent):
+                return
+            send = self._caching_models(send)
+        await self._forward_watched(scope, receive, send, rid, tail, body, sent)
+
+    def _record(
+        self, scope: Scope, path: str, route: str, rid: str, sent: Sent, elapsed: float
+    ) -> None:
+        self.metrics.observe(route, sent.status or 499, elapsed)
+        if self._access_log:
+            event(
+                _log,
+                "request",
+                method=scope["method"],
+                path=path,
+                status=sent.status,
+                request_id=rid,
+                backend=sent.backend,
+                bytes=sent.bytes,
+                duration_ms=round(elapsed * 1000, 2),
+            )
 
     async def _cancelled(self, send: Send, rid: str, sent: Sent) -> None:
         task = asyncio.current_task()

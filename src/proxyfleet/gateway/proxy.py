@@ -8,10 +8,7 @@ with an SSE ``error`` event the client can parse.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-
-import aiohttp
 
 from proxyfleet.errors import GatewayError, NoHealthyBackend, UpstreamError, UpstreamTimeout
 from proxyfleet.gateway.asgi import Scope, Send, sse_error
@@ -19,10 +16,10 @@ from proxyfleet.gateway.metrics import GatewayMetrics
 from proxyfleet.gateway.rules import response_headers, upstream_headers
 from proxyfleet.pool import Lease, Pool
 from proxyfleet.pool.backend import public_url
+from proxyfleet.upstream import Origin, UpstreamClient, UpstreamResponse
 
 __all__ = ["Forwarder", "Sent", "StreamBroken"]
 
-_SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding"})
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -51,14 +48,15 @@ class _Retry(Exception):
 class Forwarder:
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: UpstreamClient,
         pool: Pool,
         metrics: GatewayMetrics,
         *,
         retries: int,
         strip_client_auth: bool,
     ) -> None:
-        self._session = session
+        self._client = client
+        self._origins = {b.id: Origin.parse(b.base_url) for b in pool.backends}
         self._pool = pool
         self._metrics = metrics
         self._retries = retries
@@ -109,18 +107,13 @@ class Forwarder:
             scope["headers"], backend.headers, rid, strip_client_auth=self._strip_client_auth
         )
         try:
-            response = await self._session.request(
-                scope["method"],
-                backend.base_url + tail,
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO,
+            response = await self._client.request(
+                self._origins[backend.id], scope["method"], tail, headers, body
             )
         except TimeoutError as exc:
             lease.fail()
             raise _Retry(UpstreamTimeout(f"backend {backend.id} timed out")) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             lease.fail()
             raise _Retry(
                 UpstreamError(
@@ -130,14 +123,16 @@ class Forwarder:
             ) from exc
         try:
             await self._deliver(send, rid, response, lease, sent, last_try=last_try)
-        finally:
+        except BaseException:
             response.close()
+            raise
+        response.release()
 
     async def _deliver(
         self,
         send: Send,
         rid: str,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         lease: Lease,
         sent: Sent,
         *,
@@ -148,12 +143,12 @@ class Forwarder:
             lease.fail()
         if status in _RETRY_STATUSES and not last_try:
             raise _Retry(UpstreamError(f"backend {lease.backend.id} answered {status}"))
-        headers = response_headers(response.raw_headers, rid.encode())
-        streamed = response.content_length is None or response.content_type == "text/event-stream"
-        if not streamed:
+        headers = response_headers(response.headers, rid.encode())
+        sse = response.content_type == b"text/event-stream"
+        if response.content_length is not None and not sse:
             try:
                 payload = await response.read()
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            except (TimeoutError, OSError) as exc:
                 lease.fail()
                 if last_try:
                     raise UpstreamError(f"backend {lease.backend.id} broke off") from exc
@@ -166,24 +161,22 @@ class Forwarder:
             await send({"type": "http.response.body", "body": payload})
             return
         sent.status = status
-        sent.sse = response.content_type == "text/event-stream"
+        sent.sse = sse
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await self._pump(send, response, lease, sent)
 
-    async def _pump(
-        self, send: Send, response: aiohttp.ClientResponse, lease: Lease, sent: Sent
-    ) -> None:
+    async def _pump(self, send: Send, response: UpstreamResponse, lease: Lease, sent: Sent) -> None:
         """Chunk by chunk, as it arrives. A broken upstream ends an SSE stream with an ``error``
         event; any other body is left incomplete, so the client sees the truncation."""
         try:
-            async for chunk in response.content.iter_any():
+            while (chunk := await response.next_chunk()) is not None:
                 sent.bytes += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             lease.fail()
             error: GatewayError = (
                 UpstreamTimeout(f"backend {lease.backend.id} went silent mid-stream")
-                if isinstance(exc, asyncio.TimeoutError)
+                if isinstance(exc, TimeoutError)
                 else UpstreamError(f"backend {lease.backend.id} broke off mid-stream")
             )
             error.code = "upstream_stream_broken"

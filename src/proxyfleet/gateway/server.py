@@ -96,6 +96,7 @@ def uvicorn_config(gateway: Gateway, config: Config) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,
         timeout_graceful_shutdown=int(config.server.drain_grace),
         timeout_keep_alive=65,
         backlog=4096,

@@ -1,0 +1,492 @@
+"""proxyfleet benchmark: requests/s and latency through proxyfleet vs nginx, in the same run.
+
+    uv run python bench/run.py [--duration 8] [--connections 64] [--backends 64]
+
+Layout (2 cores): the proxy under test (nginx or proxyfleet) is pinned to core 0; the load
+generator (wrk) and the upstream (nginx serving fixed answers) share core 1, so the upstream is
+never the bottleneck. proxyfleet runs a strict single-flight pool over ``--backends`` backends
+(one API key each). Printed: req/s and p50/p99 for direct, nginx and proxyfleet, non-streaming
+and streaming (SSE), the ratio proxyfleet/nginx, the p50 latency each proxy adds at one
+connection, and RSS per idle streaming connection with ``--hold`` streams open.
+Only loopback addresses are used; every run is bounded by ``--duration``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CHAT_JSON = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "bench",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello from nginx"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    }
+)
+SSE_BODY = (
+    "".join(
+        f'data: {{"id":"c","object":"chat.completion.chunk","choices":[{{"index":0,'
+        f'"delta":{{"content":"tok{i} "}}}}]}}\n\n'
+        for i in range(8)
+    )
+    + "data: [DONE]\n\n"
+)
+REQUEST = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]})
+
+UPSTREAM_CONF = """
+worker_processes 1;
+pid {dir}/upstream.pid;
+error_log {dir}/upstream-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp-body;
+    proxy_temp_path {dir}/tmp-proxy;
+    fastcgi_temp_path {dir}/tmp-fcgi;
+    uwsgi_temp_path {dir}/tmp-uwsgi;
+    scgi_temp_path {dir}/tmp-scgi;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /v1/chat/completions {{
+            default_type application/json;
+            return 200 '{chat}';
+        }}
+        location = /v1/stream/completions {{
+            default_type text/event-stream;
+            return 200 '{sse}';
+        }}
+        location = /v1/models {{
+            default_type application/json;
+            return 200 '{{"object":"list","data":[{{"id":"bench","object":"model"}}]}}';
+        }}
+    }}
+}}
+"""
+
+PROXY_CONF = """
+worker_processes 1;
+pid {dir}/proxy.pid;
+error_log {dir}/proxy-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp-body;
+    proxy_temp_path {dir}/tmp-proxy;
+    fastcgi_temp_path {dir}/tmp-fcgi;
+    uwsgi_temp_path {dir}/tmp-uwsgi;
+    scgi_temp_path {dir}/tmp-scgi;
+    keepalive_requests 1000000;
+    upstream backend {{
+        server 127.0.0.1:{upstream};
+        keepalive 256;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 3600s;
+        }}
+    }}
+}}
+"""
+
+POST_LUA = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port} after {timeout}s")
+
+
+def _ms(text: str) -> float:
+    found = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if found is None:
+        raise SystemExit(f"cannot read wrk latency {text!r}")
+    value, unit = found.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(url: str, lua: Path, connections: int, duration: float) -> Result:
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(lua),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + 60,
+    ).stdout
+    if "Latency Distribution" not in out:
+        raise SystemExit(f"wrk gave no result for {url}:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    errors = 0
+    for pattern in (
+        r"Non-2xx or 3xx responses: (\d+)",
+        r"Socket errors: connect (\d+), "
+        r"read (\d+), write (\d+), timeout (\d+)",
+    ):
+        found = re.search(pattern, out)
+        if found:
+            errors += sum(int(g) for g in found.groups())
+    return Result(rps, p50, p99, errors)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def hold_streams(port: int, path: str, count: int, stop: asyncio.Event) -> int:
+    """Open ``count`` streaming requests and keep them open until ``stop``; returns how many got
+    their response headers."""
+    writers = []
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(REQUEST)}\r\n\r\n{REQUEST}"
+    ).encode()
+
+    async def one() -> bool:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(writer)
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        return head.startswith(b"HTTP/1.1 200")
+
+    results = []
+    for start in range(0, count, 200):
+        results += await asyncio.gather(
+            *(one() for _ in range(start, min(count, start + 200))), return_exceptions=True
+        )
+    await stop.wait()
+    for writer in writers:
+        writer.close()
+    return sum(1 for r in results if r is True)
+
+
+def measure_rss(pid: int, port: int, path: str, count: int) -> tuple[float, int]:
+    async def run() -> tuple[float, int]:
+        stop = asyncio.Event()
+        await asyncio.sleep(0.5)
+        before = rss_kb(pid)
+        holder = asyncio.ensure_future(hold_streams(port, path, count, stop))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            if holder.done():
+                break
+            if _established(port) >= count:
+                break
+        await asyncio.sleep(1.0)
+        during = rss_kb(pid)
+        stop.set()
+        ok = await holder
+        return (during - before) / max(ok, 1), ok
+
+    return asyncio.run(run())
+
+
+def _established(port: int) -> int:
+    hexport = f":{port:04X}"
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(hexport) and fields[3] == "01":
+            count += 1
+    return count
+
+
+@contextlib.contextmanager
+def process(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as handle:
+        popen = subprocess.Popen(
+            args,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        yield popen
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(5)
+
+
+def nginx_worker(master_pid: int) -> int:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    return int(children[0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--backends", type=int, default=64, help="single-flight backends")
+    parser.add_argument("--hold", type=int, default=2000, help="idle streams for the RSS figure")
+    args = parser.parse_args()
+    for tool in ("nginx", "wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench needs {tool}: apt-get install nginx-light wrk util-linux")
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    nginx = shutil.which("nginx")
+    assert nginx is not None
+    work = Path(tempfile.mkdtemp(prefix="proxyfleet-bench-"))
+    work.chmod(0o755)  # nginx workers run as an unprivileged user
+    up_port, nginx_port, pf_port, hold_port, mock_port = (free_port() for _ in range(5))
+    (work / "upstream.conf").write_text(
+        UPSTREAM_CONF.format(dir=work, port=up_port, chat=CHAT_JSON, sse=SSE_BODY)
+    )
+    (work / "proxy.conf").write_text(PROXY_CONF.format(dir=work, port=nginx_port, upstream=up_port))
+    lua = work / "post.lua"
+    lua.write_text(POST_LUA.format(body=REQUEST))
+    backends = [{"id": f"b{i:03d}", "api_key": f"sk-bench-{i:03d}"} for i in range(args.backends)]
+    config = {
+        "server": {"port": pf_port, "max_sessions": 100000},
+        "upstream": {"base_url": f"http://127.0.0.1:{up_port}/v1"},
+        "pool": {"backends": backends, "queue_limit": 100000, "lease_timeout": 60},
+        "log": {"level": "warning"},
+    }
+    (work / "proxyfleet.yaml").write_text(json.dumps(config))
+    hold_config = {
+        "server": {"port": hold_port, "max_sessions": 100000},
+        "pool": {
+            "upstreams": [f"http://127.0.0.1:{mock_port}/v1"],
+            "max_concurrency": 100000,
+            "queue_limit": 100000,
+        },
+        "log": {"level": "warning"},
+    }
+    (work / "hold.yaml").write_text(json.dumps(hold_config))
+    py = sys.executable
+    env = dict(os.environ)
+    d, c = args.duration, args.connections
+    rows: dict[str, dict[str, Result]] = {"non-streaming": {}, "streaming": {}}
+    paths = {"non-streaming": "/v1/chat/completions", "streaming": "/v1/stream/completions"}
+    with (
+        process(
+            [
+                "taskset",
+                "-c",
+                "1",
+                nginx,
+                "-p",
+                str(work),
+                "-c",
+                str(work / "upstream.conf"),
+                "-g",
+                "daemon off;",
+            ],
+            work / "upstream.log",
+        ),
+        process(
+            [
+                "taskset",
+                "-c",
+                "0",
+                nginx,
+                "-p",
+                str(work),
+                "-c",
+                str(work / "proxy.conf"),
+                "-g",
+                "daemon off;",
+            ],
+            work / "nginx.log",
+        ) as nginx_proc,
+        process(
+            [
+                "taskset",
+                "-c",
+                "0",
+                py,
+                "-m",
+                "proxyfleet",
+                "serve",
+                "-c",
+                str(work / "proxyfleet.yaml"),
+            ],
+            work / "proxyfleet.log",
+            env,
+        ) as pf_proc,
+    ):
+        for port in (up_port, nginx_port, pf_port):
+            wait_port(port)
+        targets = {"direct": up_port, "nginx": nginx_port, "proxyfleet": pf_port}
+        for port in targets.values():  # warm up every path
+            wrk(f"http://127.0.0.1:{port}{paths['non-streaming']}", lua, c, 1)
+        for mode, path in paths.items():
+            for name, port in targets.items():
+                rows[mode][name] = wrk(f"http://127.0.0.1:{port}{path}", lua, c, d)
+        single = {
+            name: wrk(f"http://127.0.0.1:{port}{paths['non-streaming']}", lua, 1, d / 2)
+            for name, port in targets.items()
+        }
+        with urllib.request.urlopen(f"http://127.0.0.1:{pf_port}/admin/pool") as response:
+            pool = json.load(response)
+    print(
+        f"\nproxyfleet bench: {c} connections, {d:g}s per run, proxies on core 0, "
+        f"wrk + upstream nginx on core 1, pool of {args.backends} single-flight backends\n"
+    )
+    print(f"{'mode':15} {'target':11} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
+    for mode, results in rows.items():
+        for name, r in results.items():
+            print(
+                f"{mode:15} {name:11} {r.rps:10.0f} {r.p50_ms:9.2f} {r.p99_ms:9.2f} {r.errors:7d}"
+            )
+    print()
+    for mode, results in rows.items():
+        ratio = results["proxyfleet"].rps / results["nginx"].rps
+        print(f"ratio proxyfleet/nginx, {mode}: {ratio:.3f}")
+    base = single["direct"].p50_ms
+    print(
+        f"p50 added latency at 1 connection: nginx {single['nginx'].p50_ms - base:+.3f} ms, "
+        f"proxyfleet {single['proxyfleet'].p50_ms - base:+.3f} ms"
+    )
+    served = [b["leases_served"] for b in pool["backends"]]
+    print(
+        f"pool: {len(served)} backends, leases served min {min(served)} max {max(served)}, "
+        f"failures {sum(b['failures'] for b in pool['backends'])}"
+    )
+    print_rss(args.hold, work, hold_port, mock_port, py, env)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def print_rss(
+    hold: int, work: Path, hold_port: int, mock_port: int, py: str, env: dict[str, str]
+) -> None:
+    """RSS per idle streaming connection: streams whose upstream sends headers and then waits."""
+    nginx = shutil.which("nginx")
+    assert nginx is not None
+    (work / "hold-nginx.conf").write_text(
+        PROXY_CONF.format(dir=work, port=hold_port + 0, upstream=mock_port).replace(
+            f"pid {work}/proxy.pid", f"pid {work}/hold.pid"
+        )
+    )
+    with process(
+        [
+            "taskset",
+            "-c",
+            "1",
+            py,
+            "-m",
+            "proxyfleet",
+            "mock",
+            "--port",
+            str(mock_port),
+            "--ttft",
+            "600",
+        ],
+        work / "hold-mock.log",
+        env,
+    ):
+        wait_port(mock_port)
+        with process(
+            [
+                "taskset",
+                "-c",
+                "0",
+                nginx,
+                "-p",
+                str(work),
+                "-c",
+                str(work / "hold-nginx.conf"),
+                "-g",
+                "daemon off;",
+            ],
+            work / "hold-nginx.log",
+        ) as proc:
+            wait_port(hold_port)
+            nginx_kb, nginx_ok = measure_rss(
+                nginx_worker(proc.pid), hold_port, "/v1/chat/completions", hold
+            )
+        with process(
+            ["taskset", "-c", "0", py, "-m", "proxyfleet", "serve", "-c", str(work / "hold.yaml")],
+            work / "hold-pf.log",
+            env,
+        ) as proc:
+            wait_port(hold_port)
+            pf_kb, pf_ok = measure_rss(proc.pid, hold_port, "/v1/chat/completions", hold)
+    print(
+        f"RSS per idle streaming connection ({hold} held): nginx {nginx_kb:.1f} KB "
+        f"({nginx_ok} open), proxyfleet {pf_kb:.1f} KB ({pf_ok} open)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
