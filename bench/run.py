@@ -367,7 +367,7 @@ def main() -> int:
                 "daemon off;",
             ],
             work / "nginx.log",
-        ) as nginx_proc,
+        ),
         process(
             [
                 "taskset",
@@ -382,7 +382,7 @@ def main() -> int:
             ],
             work / "proxyfleet.log",
             env,
-        ) as pf_proc,
+        ),
     ):
         for port in (up_port, nginx_port, pf_port):
             wait_port(port)
