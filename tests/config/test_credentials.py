@@ -70,6 +70,8 @@ def test_secure_cookies_only_over_https() -> None:
         ({"a.json": '{"headers": {}, "upstream": "ftp://x"}'}, "http:// or https://"),
         ({"a.json": '{"headers": {}, "extra": 1}'}, "unknown key"),
         ({"a.txt": "sk-x"}, "not a credential file"),
+        ({"a.json": '{"headers": {"X-A": "v\\r\\nInjected: 1"}}'}, "control characters"),
+        ({"a.json": '{"headers": {"Bad Name": "v"}}'}, "not a valid header name"),
     ],
 )
 def test_bad_directory_contents(tmp_path: Path, files: dict[str, str], needle: str) -> None:

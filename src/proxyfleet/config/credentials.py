@@ -14,6 +14,7 @@ Hidden files are skipped; anything else is refused, so that a misnamed key is ne
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,22 @@ def load_credentials_dir(directory: Path, default: str | None, cap: int) -> list
     return specs
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _check_headers(spec: BackendSpec) -> None:
+    """Header names must be tokens and values free of control characters (no injection)."""
+    for name, value in spec.headers:
+        if not _TOKEN.match(name):
+            raise ConfigError(spec.source, f"headers.{name!r}", "not a valid header name")
+        if any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in value):
+            raise ConfigError(spec.source, f"headers.{name}", "value holds control characters")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise ConfigError(spec.source, f"headers.{name}", "value is not Latin-1") from exc
+
+
 def _upstream_id(url: str, taken: set[str]) -> str:
     parts = urlsplit(url)
     base = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
@@ -203,6 +220,7 @@ def resolve_backends(config: Config) -> tuple[BackendSpec, ...]:
         specs.append(BackendSpec(name, url, (), pool.max_concurrency, "pool.upstreams"))
     seen: dict[str, str] = {}
     for spec in specs:
+        _check_headers(spec)
         if spec.id in seen:
             raise ConfigError(
                 spec.source, "id", f"duplicate backend id {spec.id!r} (also in {seen[spec.id]})"

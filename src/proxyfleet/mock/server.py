@@ -278,12 +278,14 @@ async def responses_websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.Response:
-    settings = request.app[MOCK_STATE].settings
-    data = [
-        {"id": m, "object": "model", "created": 0, "owned_by": settings.name}
-        for m in settings.models
-    ]
-    return web.json_response({"object": "list", "data": data})
+    state = request.app[MOCK_STATE]
+    settings = state.settings
+    with _Tracked(state, request):
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": settings.name}
+            for m in settings.models
+        ]
+        return web.json_response({"object": "list", "data": data})
 
 
 async def echo(request: web.Request) -> web.Response:

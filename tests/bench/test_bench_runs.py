@@ -1,0 +1,49 @@
+"""The benchmark's one command runs end to end and prints every figure it promises.
+
+It needs nginx and wrk. Without them the test is skipped on a developer machine with the reason,
+but under CI (``CI=true``, where .ci/run installs both) a missing tool is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+MISSING = [tool for tool in ("nginx", "wrk", "taskset") if shutil.which(tool) is None]
+
+
+def test_bench_prints_ratios_latency_and_memory() -> None:
+    if MISSING:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must provide {', '.join(MISSING)} (see .ci/run)")
+        pytest.skip(f"needs {', '.join(MISSING)}: apt-get install nginx-light wrk")
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--duration", "1", "--hold", "100", "--backends", "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for mode in ("non-streaming", "streaming"):
+        for target in ("direct", "nginx", "proxyfleet"):
+            row = re.search(rf"^{mode}\s+{target}\s+(\d+)\s+[\d.]+\s+[\d.]+\s+(\d+)$", out, re.M)
+            assert row is not None, out
+            assert int(row.group(1)) > 0
+            assert int(row.group(2)) == 0, f"{mode} {target} had errors:\n{out}"
+        assert re.search(rf"^ratio proxyfleet/nginx, {mode}: \d\.\d{{3}}$", out, re.M), out
+    assert "p50 added latency at 1 connection" in out
+    held = re.search(r"nginx [\d.-]+ KB \((\d+) open\), proxyfleet [\d.-]+ KB \((\d+) open\)", out)
+    assert held is not None, out
+    assert held.groups() == ("100", "100")
+    leases = re.search(r"leases served min (\d+) max (\d+), failures (\d+)", out)
+    assert leases is not None
+    assert int(leases.group(3)) == 0

@@ -1,0 +1,103 @@
+"""Pure request rules: paths, request ids, header hygiene."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxyfleet.errors import BadRequest
+from proxyfleet.gateway.rules import (
+    client_credential,
+    request_id,
+    response_headers,
+    upstream_headers,
+    upstream_path,
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "query", "tail"),
+    [
+        ("/v1/chat/completions", b"/v1/chat/completions", b"", "/chat/completions"),
+        ("/v1/files/a b", b"/v1/files/a%20b", b"x=1", "/files/a%20b?x=1"),
+        ("/v1/a.b/c", None, b"", "/a.b/c"),
+        ("/v1", b"/v1", b"", ""),
+    ],
+)
+def test_upstream_path(path: str, raw: bytes | None, query: bytes, tail: str) -> None:
+    assert upstream_path(path, raw, query) == tail
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/../x", b"/v1/../x"),
+        ("/v1/../x", b"/v1/%2e%2e/x"),
+        ("/v1/%2e%2e/x", b"/v1/%252e%252e/x"),
+        ("/v1//x", b"/v1//x"),
+        ("/v1/a\\b", b"/v1/a%5cb"),
+        ("/v1/a\nb", b"/v1/a%0ab"),
+        ("/admin", b"/admin"),
+        ("/v1x", b"/v1x"),
+        ("/v1/x", b"http://evil/v1/x"),
+    ],
+)
+def test_upstream_path_refuses(path: str, raw: bytes) -> None:
+    with pytest.raises(BadRequest):
+        upstream_path(path, raw, b"")
+
+
+def test_request_id() -> None:
+    assert request_id(b"abc-123") == "abc-123"
+    generated = {request_id(b"bad id with spaces") for _ in range(100)}
+    assert len(generated) == 100
+    assert all(len(r) == 32 for r in generated)
+    assert len(request_id(b"x" * 200)) == 32
+
+
+def test_client_credential() -> None:
+    assert client_credential([(b"authorization", b"Bearer k1")]) == "k1"
+    assert client_credential([(b"x-api-key", b"k2")]) == "k2"
+    assert client_credential([(b"authorization", b"Basic zzz")]) is None
+    assert client_credential([]) is None
+
+
+def test_upstream_headers() -> None:
+    client = [
+        (b"host", b"gw"),
+        (b"connection", b"keep-alive, x-hop"),
+        (b"x-hop", b"1"),
+        (b"authorization", b"Bearer client"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"10"),
+        (b"x-request-id", b"theirs"),
+        (b"accept", b"a"),
+        (b"accept", b"b"),
+        (b"te", b"trailers"),
+    ]
+    out = upstream_headers(
+        client, (("Authorization", "Bearer backend"),), "rid", strip_client_auth=True
+    )
+    assert out == {
+        "content-type": "application/json",
+        "accept": "a, b",
+        "Authorization": "Bearer backend",
+        "x-request-id": "rid",
+    }
+    kept = upstream_headers(client, (), "rid", strip_client_auth=False)
+    assert kept["authorization"] == "Bearer client"
+
+
+def test_response_headers() -> None:
+    upstream = [
+        (b"Content-Type", b"text/event-stream"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Connection", b"x-private"),
+        (b"X-Private", b"1"),
+        (b"Content-Length", b"5"),
+        (b"X-Request-ID", b"upstream"),
+        (b"Server", b"up"),
+    ]
+    assert response_headers(upstream, b"rid") == [
+        (b"content-type", b"text/event-stream"),
+        (b"x-request-id", b"rid"),
+    ]
