@@ -38,13 +38,13 @@ _STYLE = {
 
 def _view(gateway: Gateway, done: int, total: int, started: float) -> Group:
     table = Table(title="proxyfleet pool (single-flight, lru)", expand=False)
-    for column in ("backend", "state", "in-flight", "served", "failures"):
+    for column in ("backend", "state", "serving request", "served", "failures"):
         table.add_column(column)
     for status in gateway.pool.snapshot():
         table.add_row(
             status.id,
             Text(status.state, style=_STYLE.get(status.state, "")),
-            str(status.inflight),
+            ", ".join(status.serving) or "-",
             str(status.leases_served),
             str(status.failures),
         )

@@ -35,6 +35,7 @@ async def test_websocket_round_trip_holds_a_lease(procs: Processes) -> None:
             assert [e["sequence_number"] for e in events] == list(range(len(events)))
         pool = gateway.get_json("/admin/pool")["backends"]
         assert pool[0]["state"] == "busy"  # the connection holds its backend
+        assert pool[0]["serving"] == ["ws-1"]
     for _ in range(50):
         if gateway.get_json("/admin/pool")["backends"][0]["state"] == "idle":
             break

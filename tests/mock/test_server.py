@@ -33,7 +33,8 @@ async def test_faults_and_counters(procs: Processes) -> None:
         async with session.get(root + "/mock/stats") as r:
             stats = await r.json()
     assert [m["id"] for m in models["data"]] == ["mock-gpt", "mock-gpt-mini"]
-    assert stats["requests"] == 2
+    assert stats["requests"] == 3
+    assert stats["credentials"].pop("anonymous")["requests"] == 1  # the models request
     ((label, counter),) = stats["credentials"].items()
     assert label.startswith("cred-")
     assert counter == {"requests": 2, "inflight": 0, "peak": 1}

@@ -143,7 +143,7 @@ class Pool:
         store = self._store
         settings = self.settings
         if not self._waiters:
-            result = await store.acquire(settings.selection, exclude)
+            result = await store.acquire(settings.selection, exclude, holder=request_id)
             if isinstance(result, Grant):
                 return Lease(self, result, request_id, 0.0)
             if result.reason is NoCandidate.NONE:
@@ -212,7 +212,7 @@ class Pool:
             if waiter.future.done():
                 self._waiters.pop(waiter, None)
                 continue
-            result = await store.acquire(strategy, waiter.exclude)
+            result = await store.acquire(strategy, waiter.exclude, holder=waiter.request_id)
             if isinstance(result, Grant):
                 self._waiters.pop(waiter, None)
                 if waiter.future.done():
@@ -254,7 +254,9 @@ class Pool:
         """A lease on this very backend if it can take one now (no waiting), else None."""
         if self._state is not PoolState.OPEN:
             return None
-        result = await self._store.acquire(self.settings.selection, only=backend_id)
+        result = await self._store.acquire(
+            self.settings.selection, only=backend_id, holder=request_id
+        )
         return Lease(self, result, request_id, 0.0) if isinstance(result, Grant) else None
 
     # -- operations ----------------------------------------------------------------------------

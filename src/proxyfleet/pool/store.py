@@ -65,11 +65,16 @@ class BackendStatus:
     consecutive_failures: int
     last_used: float | None  # unix time
     quarantined_until: float | None  # unix time
+    serving: tuple[str, ...] = ()  # request ids holding a lease now
 
 
 class PoolStore(Protocol):
     async def acquire(
-        self, strategy: Strategy, exclude: Collection[str] = (), only: str | None = None
+        self,
+        strategy: Strategy,
+        exclude: Collection[str] = (),
+        only: str | None = None,
+        holder: str = "",
     ) -> Grant | Unavailable: ...
     async def release(self, grant: Grant, outcome: Outcome) -> bool: ...
     async def set_draining(self, backend_id: str, draining: bool) -> None: ...
@@ -87,7 +92,7 @@ class _Slot:
     leases_served: int = 0
     failures: int = 0
     last_used: float = 0.0
-    tokens: set[int] = field(default_factory=set)
+    tokens: dict[int, str] = field(default_factory=dict)  # live lease token → holder
 
 
 class MemoryStore:
@@ -114,9 +119,13 @@ class MemoryStore:
 
     # -- the protocol -------------------------------------------------------------------
     async def acquire(
-        self, strategy: Strategy, exclude: Collection[str] = (), only: str | None = None
+        self,
+        strategy: Strategy,
+        exclude: Collection[str] = (),
+        only: str | None = None,
+        holder: str = "",
     ) -> Grant | Unavailable:
-        return self.acquire_now(strategy, exclude, only)
+        return self.acquire_now(strategy, exclude, only, holder)
 
     async def release(self, grant: Grant, outcome: Outcome) -> bool:
         return self.release_now(grant, outcome)
@@ -146,7 +155,11 @@ class MemoryStore:
 
     # -- synchronous core (the in-memory store never waits) -----------------------------
     def acquire_now(
-        self, strategy: Strategy, exclude: Collection[str] = (), only: str | None = None
+        self,
+        strategy: Strategy,
+        exclude: Collection[str] = (),
+        only: str | None = None,
+        holder: str = "",
     ) -> Grant | Unavailable:
         now = self._now()
         if self._cooling:
@@ -168,14 +181,14 @@ class MemoryStore:
         )
         if slot is None:
             return self._unavailable(pool, now)
-        return self._grant(slot, now)
+        return self._grant(slot, now, holder)
 
     def release_now(self, grant: Grant, outcome: Outcome) -> bool:
         """Settle a grant; False when it was already released (idempotent)."""
         slot = self._by_id[grant.backend.id]
         if grant.token not in slot.tokens:
             return False
-        slot.tokens.discard(grant.token)
+        del slot.tokens[grant.token]
         slot.inflight -= 1
         now = self._now()
         slot.last_used = now
@@ -201,9 +214,9 @@ class MemoryStore:
         return bool(self._available)
 
     # -- internals ------------------------------------------------------------------------
-    def _grant(self, slot: _Slot, now: float) -> Grant:
+    def _grant(self, slot: _Slot, now: float, holder: str) -> Grant:
         token = next(self._tokens)
-        slot.tokens.add(token)
+        slot.tokens[token] = holder
         slot.inflight += 1
         slot.leases_served += 1
         if slot.health.state is not Health.HEALTHY:
@@ -281,4 +294,5 @@ class MemoryStore:
             quarantined_until=until + self._wall_offset
             if health.state is Health.QUARANTINED and until > now
             else None,
+            serving=tuple(slot.tokens.values()),
         )
