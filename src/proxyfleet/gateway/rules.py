@@ -121,7 +121,7 @@ def upstream_headers(
         key = raw_name.decode("latin-1")
         text = raw_value.decode("latin-1")
         out[key] = f"{out[key]}, {text}" if key in out else text
-    if connection is not None:
+    if connection is not None and connection.lower() not in (b"keep-alive", b"close"):
         for token in _tokens(connection):
             out.pop(token.decode("latin-1"), None)
     for name, value in backend:
@@ -146,7 +146,7 @@ def response_headers(
                 connection = value
             continue
         out.append((lowered, value))
-    if connection is not None:
+    if connection is not None and connection.lower() not in (b"keep-alive", b"close"):
         extra = _tokens(connection)
         out = [(k, v) for k, v in out if k not in extra]
     out.append((b"x-request-id", rid))

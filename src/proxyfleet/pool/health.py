@@ -64,12 +64,17 @@ def on_lease(record: HealthRecord, now: float) -> HealthRecord:
     return record
 
 
+_FRESH = HealthRecord()
+
+
 def _success(record: HealthRecord, now: float, policy: HealthPolicy) -> HealthRecord:
+    if record is _FRESH:
+        return record
     if record.state is Health.DRAINING:
         return replace(record, consecutive_failures=0)
     if record.state is Health.QUARANTINED:
         return record  # a late success from before the quarantine does not lift it
-    return HealthRecord(Health.HEALTHY, 0, 0.0)
+    return _FRESH
 
 
 def _failure(record: HealthRecord, now: float, policy: HealthPolicy) -> HealthRecord:

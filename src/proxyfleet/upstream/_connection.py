@@ -35,6 +35,9 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.requests = 0
+        self._read_timeout = 0.0
+        self._last_data = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -58,6 +61,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
+        self._last_data = self._loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -89,6 +93,7 @@ class Connection(asyncio.Protocol):
         if self.head_only:
             self.complete = True  # a HEAD answer has no body whatever its length says
             self.keep_alive = False
+            self._disarm()
             self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -102,16 +107,39 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.complete = True
         self.keep_alive = self._parser.should_keep_alive()
+        self._disarm()
         self._wake()
 
     # -- used by the client -------------------------------------------------------------------
-    def send(self, data: bytes, head_only: bool) -> None:
+    def send(self, data: bytes, head_only: bool, read_timeout: float) -> None:
+        """Write one request; the answer must keep coming with no silence over ``read_timeout``."""
         assert self.transport is not None
         if self.requests:
             self._reset()
         self.requests += 1
         self.head_only = head_only
+        self._read_timeout = read_timeout
+        self._last_data = now = self._loop.time()
+        self._timer = self._loop.call_at(now + read_timeout, self._check_silence)
         self.transport.write(data)
+
+    def _check_silence(self) -> None:
+        """One timer per request, re-armed from the last byte seen (cheaper than a timeout per
+        wait). Silence while reading is paused for a slow client is not the upstream's."""
+        self._timer = None
+        if self.complete or self.closed:
+            return
+        deadline = self._last_data + self._read_timeout
+        if self._paused or self._loop.time() < deadline:
+            start = self._loop.time() if self._paused else self._last_data
+            self._timer = self._loop.call_at(start + self._read_timeout, self._check_silence)
+            return
+        self._fail(TimeoutError(f"upstream silent for {self._read_timeout:g}s"))
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def headers_done(self) -> None:
         await self._headers_done
@@ -138,11 +166,13 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._disarm()
         if self.transport is not None:
             self.transport.abort()
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
+        self._disarm()
         if not self._headers_done.done():
             self._headers_done.set_exception(error)
             self._headers_done.exception()  # retrieved: nobody may be waiting yet

@@ -72,10 +72,9 @@ class UpstreamResponse:
         "status",
     )
 
-    def __init__(self, client: UpstreamClient, conn: Connection, read_timeout: float) -> None:
+    def __init__(self, client: UpstreamClient, conn: Connection) -> None:
         self._client = client
         self._conn = conn
-        self._read_timeout = read_timeout
         self._done = False
         self.status = conn.status
         self.headers = conn.headers
@@ -92,8 +91,9 @@ class UpstreamResponse:
                 self.content_type = value.split(b";", 1)[0].strip().lower()
 
     async def next_chunk(self) -> bytes | None:
-        async with asyncio.timeout(self._read_timeout):
-            return await self._conn.next_chunk()
+        """The body received so far, or None at its end; TimeoutError after ``read_timeout``
+        of silence, UpstreamClosed if the upstream breaks off."""
+        return await self._conn.next_chunk()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:
@@ -174,9 +174,8 @@ class UpstreamClient:
         head_only = method == "HEAD"
         conn, reused = await self._connection(origin)
         try:
-            conn.send(payload, head_only)
-            async with asyncio.timeout(self._read_timeout):
-                await conn.headers_done()
+            conn.send(payload, head_only, self._read_timeout)
+            await conn.headers_done()
         except (UpstreamClosed, ConnectionResetError, BrokenPipeError):
             conn.close()
             if not (reused and not conn.received_any):
@@ -185,16 +184,15 @@ class UpstreamClient:
             # received, so the request never reached an application; send it once more.
             conn, _ = await self._connection(origin, fresh=True)
             try:
-                conn.send(payload, head_only)
-                async with asyncio.timeout(self._read_timeout):
-                    await conn.headers_done()
+                conn.send(payload, head_only, self._read_timeout)
+                await conn.headers_done()
             except BaseException:
                 conn.close()
                 raise
         except BaseException:
             conn.close()
             raise
-        return UpstreamResponse(self, conn, self._read_timeout)
+        return UpstreamResponse(self, conn)
 
     async def _connection(self, origin: Origin, fresh: bool = False) -> tuple[Connection, bool]:
         key = (origin.scheme, origin.host, origin.port)
