@@ -194,6 +194,12 @@ def wrk(url: str, lua: Path, connections: int, duration: float) -> Result:
     return Result(rps, p50, p99, errors)
 
 
+def _median(results: list[Result]) -> Result:
+    ordered = sorted(results, key=lambda r: r.rps)
+    middle = ordered[len(ordered) // 2]
+    return Result(middle.rps, middle.p50_ms, middle.p99_ms, sum(r.errors for r in results))
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -293,7 +299,10 @@ def nginx_worker(master_pid: int) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved nginx/proxyfleet rounds per mode"
+    )
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--backends", type=int, default=64, help="single-flight backends")
     parser.add_argument("--hold", type=int, default=2000, help="idle streams for the RSS figure")
@@ -336,6 +345,7 @@ def main() -> int:
     env = dict(os.environ)
     d, c = args.duration, args.connections
     rows: dict[str, dict[str, Result]] = {"non-streaming": {}, "streaming": {}}
+    ratios: dict[str, list[float]] = {}
     paths = {"non-streaming": "/v1/chat/completions", "streaming": "/v1/stream/completions"}
     with (
         process(
@@ -390,8 +400,14 @@ def main() -> int:
         for port in targets.values():  # warm up every path
             wrk(f"http://127.0.0.1:{port}{paths['non-streaming']}", lua, c, 1)
         for mode, path in paths.items():
-            for name, port in targets.items():
-                rows[mode][name] = wrk(f"http://127.0.0.1:{port}{path}", lua, c, d)
+            samples: dict[str, list[Result]] = {name: [] for name in targets}
+            for _ in range(args.rounds):  # interleaved, so drift hits every target alike
+                for name, port in targets.items():
+                    samples[name].append(wrk(f"http://127.0.0.1:{port}{path}", lua, c, d))
+            rows[mode] = {name: _median(results) for name, results in samples.items()}
+            ratios[mode] = sorted(
+                p.rps / n.rps for p, n in zip(samples["proxyfleet"], samples["nginx"], strict=True)
+            )
         single = {
             name: wrk(f"http://127.0.0.1:{port}{paths['non-streaming']}", lua, 1, d / 2)
             for name, port in targets.items()
@@ -399,8 +415,9 @@ def main() -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{pf_port}/admin/pool") as response:
             pool = json.load(response)
     print(
-        f"\nproxyfleet bench: {c} connections, {d:g}s per run, proxies on core 0, "
-        f"wrk + upstream nginx on core 1, pool of {args.backends} single-flight backends\n"
+        f"\nproxyfleet bench: {c} connections, {d:g}s per run, {args.rounds} interleaved rounds "
+        f"(medians shown), proxies on core 0, wrk + upstream nginx on core 1, "
+        f"pool of {args.backends} single-flight backends\n"
     )
     print(f"{'mode':15} {'target':11} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
     for mode, results in rows.items():
@@ -409,9 +426,12 @@ def main() -> int:
                 f"{mode:15} {name:11} {r.rps:10.0f} {r.p50_ms:9.2f} {r.p99_ms:9.2f} {r.errors:7d}"
             )
     print()
-    for mode, results in rows.items():
-        ratio = results["proxyfleet"].rps / results["nginx"].rps
-        print(f"ratio proxyfleet/nginx, {mode}: {ratio:.3f}")
+    for mode, values in ratios.items():
+        middle = values[len(values) // 2]
+        print(
+            f"ratio proxyfleet/nginx, {mode}: {middle:.3f}  "
+            f"(rounds: {', '.join(f'{v:.3f}' for v in values)})"
+        )
     base = single["direct"].p50_ms
     print(
         f"p50 added latency at 1 connection: nginx {single['nginx'].p50_ms - base:+.3f} ms, "

@@ -25,7 +25,18 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
             pytest.fail(f"CI must provide {', '.join(MISSING)} (see .ci/run)")
         pytest.skip(f"needs {', '.join(MISSING)}: apt-get install nginx-light wrk")
     result = subprocess.run(
-        [sys.executable, str(BENCH), "--duration", "1", "--hold", "100", "--backends", "8"],
+        [
+            sys.executable,
+            str(BENCH),
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+            "--hold",
+            "100",
+            "--backends",
+            "8",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -39,7 +50,7 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
             assert row is not None, out
             assert int(row.group(1)) > 0
             assert int(row.group(2)) == 0, f"{mode} {target} had errors:\n{out}"
-        assert re.search(rf"^ratio proxyfleet/nginx, {mode}: \d\.\d{{3}}$", out, re.M), out
+        assert re.search(rf"^ratio proxyfleet/nginx, {mode}: \d\.\d{{3}}  \(rounds", out, re.M), out
     assert "p50 added latency at 1 connection" in out
     held = re.search(r"nginx [\d.-]+ KB \((\d+) open\), proxyfleet [\d.-]+ KB \((\d+) open\)", out)
     assert held is not None, out
