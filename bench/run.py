@@ -58,10 +58,11 @@ SSE_BODY = (
 )
 REQUEST = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]})
 
-UPSTREAM_CONF = """
+# Shared head of both nginx configs: everything under the bench's own directory, no root needed.
+NGINX_HEAD = """
 worker_processes 1;
-pid {dir}/upstream.pid;
-error_log {dir}/upstream-error.log warn;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}-error.log warn;
 events {{ worker_connections 16384; }}
 http {{
     access_log off;
@@ -71,7 +72,11 @@ http {{
     uwsgi_temp_path {dir}/tmp-uwsgi;
     scgi_temp_path {dir}/tmp-scgi;
     keepalive_requests 1000000;
-    server {{
+"""
+
+UPSTREAM_CONF = (
+    NGINX_HEAD
+    + """    server {{
         listen 127.0.0.1:{port} backlog=4096;
         location = /v1/chat/completions {{
             default_type application/json;
@@ -88,20 +93,11 @@ http {{
     }}
 }}
 """
+)
 
-PROXY_CONF = """
-worker_processes 1;
-pid {dir}/proxy.pid;
-error_log {dir}/proxy-error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/tmp-body;
-    proxy_temp_path {dir}/tmp-proxy;
-    fastcgi_temp_path {dir}/tmp-fcgi;
-    uwsgi_temp_path {dir}/tmp-uwsgi;
-    scgi_temp_path {dir}/tmp-scgi;
-    keepalive_requests 1000000;
+PROXY_CONF = (
+    NGINX_HEAD
+    + """
     upstream backend {{
         server 127.0.0.1:{upstream};
         keepalive 256;
@@ -118,6 +114,7 @@ http {{
     }}
 }}
 """
+)
 
 POST_LUA = """
 wrk.method = "POST"
@@ -318,9 +315,11 @@ def main() -> int:
     work.chmod(0o755)  # nginx workers run as an unprivileged user
     up_port, nginx_port, pf_port, hold_port, mock_port = (free_port() for _ in range(5))
     (work / "upstream.conf").write_text(
-        UPSTREAM_CONF.format(dir=work, port=up_port, chat=CHAT_JSON, sse=SSE_BODY)
+        UPSTREAM_CONF.format(dir=work, name="upstream", port=up_port, chat=CHAT_JSON, sse=SSE_BODY)
     )
-    (work / "proxy.conf").write_text(PROXY_CONF.format(dir=work, port=nginx_port, upstream=up_port))
+    (work / "proxy.conf").write_text(
+        PROXY_CONF.format(dir=work, name="proxy", port=nginx_port, upstream=up_port)
+    )
     lua = work / "post.lua"
     lua.write_text(POST_LUA.format(body=REQUEST))
     backends = [{"id": f"b{i:03d}", "api_key": f"sk-bench-{i:03d}"} for i in range(args.backends)]
@@ -454,9 +453,7 @@ def print_rss(
     nginx = shutil.which("nginx")
     assert nginx is not None
     (work / "hold-nginx.conf").write_text(
-        PROXY_CONF.format(dir=work, port=hold_port + 0, upstream=mock_port).replace(
-            f"pid {work}/proxy.pid", f"pid {work}/hold.pid"
-        )
+        PROXY_CONF.format(dir=work, name="hold", port=hold_port, upstream=mock_port)
     )
     with process(
         [

@@ -15,6 +15,7 @@ import json
 import random
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -193,7 +194,12 @@ async def _stream(
     return response
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+Answer = Callable[[str, list[str], str], dict[str, Any]]
+Frames = Callable[[str, list[str]], list[bytes]]
+
+
+async def _generate(request: web.Request, answer: Answer, frames: Frames) -> web.StreamResponse:
+    """One generation: faults first, then a JSON answer or an SSE stream of ``frames``."""
     state = request.app[MOCK_STATE]
     settings = state.settings
     with _Tracked(state, request) as label:
@@ -206,31 +212,33 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if not body.get("stream"):
             if settings.latency:
                 await asyncio.sleep(settings.latency)
-            return web.json_response(chat_completion(model, "".join(pieces), label))
-        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        frames = [sse(chat_chunk(cid, model, {"role": "assistant", "content": ""}))]
-        frames += [sse(chat_chunk(cid, model, {"content": p})) for p in pieces]
-        frames.append(sse(chat_chunk(cid, model, {}, "stop")))
-        frames.append(sse("[DONE]"))
-        return await _stream(request, settings, frames)
+            return web.json_response(answer(model, pieces, label))
+        return await _stream(request, settings, frames(model, pieces))
+
+
+def _chat_frames(model: str, pieces: list[str]) -> list[bytes]:
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    frames = [sse(chat_chunk(cid, model, {"role": "assistant", "content": ""}))]
+    frames += [sse(chat_chunk(cid, model, {"content": p})) for p in pieces]
+    frames.append(sse(chat_chunk(cid, model, {}, "stop")))
+    frames.append(sse("[DONE]"))
+    return frames
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(
+        request,
+        lambda model, pieces, label: chat_completion(model, "".join(pieces), label),
+        _chat_frames,
+    )
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    state = request.app[MOCK_STATE]
-    settings = state.settings
-    with _Tracked(state, request):
-        body = await _body(request)
-        failed = await _fault(settings)
-        if failed is not None:
-            return failed
-        model = str(body.get("model") or settings.models[0])
-        pieces = reply_text(settings.chunks, settings.chunk_size)
-        if not body.get("stream"):
-            if settings.latency:
-                await asyncio.sleep(settings.latency)
-            return web.json_response(response_object(model, "".join(pieces)))
-        frames = [sse(e, e["type"]) for e in response_events(model, pieces)]
-        return await _stream(request, settings, frames)
+    return await _generate(
+        request,
+        lambda model, pieces, _: response_object(model, "".join(pieces)),
+        lambda model, pieces: [sse(e, e["type"]) for e in response_events(model, pieces)],
+    )
 
 
 async def responses_websocket(request: web.Request) -> web.StreamResponse:
