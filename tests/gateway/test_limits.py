@@ -88,12 +88,14 @@ def test_path_tricks_are_400(gateway: Proc, target: bytes) -> None:
     assert gateway.extra["mock"].get_json("/mock/stats")["requests"] == 0
 
 
-def test_absolute_form_never_leaves_the_configured_upstream(gateway: Proc) -> None:
-    status, body = raw_http(
-        gateway, b"GET http://203.0.113.9/v1/echo HTTP/1.1\r\nHost: 203.0.113.9\r\n\r\n"
-    )
-    assert status == 200  # served by the configured mock, never by the named host
-    assert json.loads(body)["mock"] == "mock"
+@pytest.mark.parametrize(
+    "target", [b"http://203.0.113.9/v1/echo", b"https://203.0.113.9:8443/v1/echo"]
+)
+def test_absolute_form_is_refused(gateway: Proc, target: bytes) -> None:
+    status, body = raw_http(gateway, b"GET " + target + b" HTTP/1.1\r\nHost: 203.0.113.9\r\n\r\n")
+    assert status == 400, body
+    assert json.loads(body)["error"]["code"] == "invalid_path"
+    assert gateway.extra["mock"].get_json("/mock/stats")["requests"] == 0
 
 
 def test_outside_v1_is_404_in_openai_shape(gateway: Proc) -> None:

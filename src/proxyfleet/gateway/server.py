@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import uvicorn
 import uvloop
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxyfleet.config.model import Config
 from proxyfleet.errors import ListenError
@@ -59,6 +60,18 @@ def bind(host: str, port: int, what: str = "gateway") -> socket.socket:
     return sock
 
 
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, keeping an absolute-form request target
+    (``GET http://elsewhere/v1/x``) visible as ``raw_path`` so that the gateway refuses it with
+    400 instead of serving it as its bare path."""
+
+    def on_headers_complete(self) -> None:
+        target = self.url
+        super().on_headers_complete()
+        if target[:1] != b"/" and "raw_path" in self.scope:
+            self.scope["raw_path"] = target
+
+
 class GatewayServer(uvicorn.Server):
     """uvicorn's server with handlers that only record signals (and never re-raise them)."""
 
@@ -90,7 +103,7 @@ def uvicorn_config(gateway: Gateway, config: Config) -> uvicorn.Config:
     return uvicorn.Config(
         app=gateway,
         loop="none",
-        http="httptools",
+        http=_HttpProtocol,
         ws="websockets-sansio",
         lifespan="on",
         log_config=None,
