@@ -11,6 +11,7 @@ import pytest
 from proxyfleet.mock.server import credential_label
 from tests.conftest import Processes, write_keys
 
+REPLY = "mock mock mock mock "  # 5 chunks of 4 characters
 KEYS = {"alice": "sk-test-alice-0001", "bob": "sk-test-bob-0002", "carol": "sk-test-carol-0003"}
 
 
@@ -41,7 +42,7 @@ def test_chat_completion_non_streaming(pool3, sdk) -> None:  # type: ignore[no-u
     answer = client.chat.completions.create(
         model="mock-gpt", messages=[{"role": "user", "content": "hi"}]
     )
-    assert answer.choices[0].message.content == "mock" * 5
+    assert answer.choices[0].message.content == REPLY
     labels = {credential_label(f"Bearer {k}") for k in KEYS.values()}
     assert answer.system_fingerprint in labels  # the mock saw one of our three credentials
 
@@ -53,7 +54,7 @@ def test_chat_completion_streaming(pool3, sdk) -> None:  # type: ignore[no-untyp
         model="mock-gpt", messages=[{"role": "user", "content": "hi"}], stream=True
     )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
-    assert "".join(pieces) == "mock" * 5
+    assert "".join(pieces) == REPLY
     assert len([p for p in pieces if p]) == 5
 
 
@@ -61,12 +62,12 @@ def test_responses_non_streaming_and_streaming(pool3, sdk) -> None:  # type: ign
     _, gateway = pool3
     client = sdk(gateway.url)
     response = client.responses.create(model="mock-gpt", input="hi")
-    assert response.output_text == "mock" * 5
+    assert response.output_text == REPLY
     with client.responses.stream(model="mock-gpt", input="hi") as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
-    assert "".join(deltas) == "mock" * 5
-    assert final.output_text == "mock" * 5
+    assert "".join(deltas) == REPLY
+    assert final.output_text == REPLY
 
 
 def test_models_and_passthrough(pool3, sdk) -> None:  # type: ignore[no-untyped-def]

@@ -49,6 +49,6 @@ async def test_chat_only_shapes(procs: Processes) -> None:
     ):
         text = (await r.read()).decode()
     frames = [json.loads(f[6:]) for f in text.split("\n\n") if f.startswith("data: {")]
-    assert [f["choices"][0]["delta"].get("content") for f in frames] == ["", "moc", "moc", None]
+    assert [f["choices"][0]["delta"].get("content") for f in frames] == ["", "moc", "k m", None]
     assert frames[-1]["choices"][0]["finish_reason"] == "stop"
     assert text.endswith("data: [DONE]\n\n")

@@ -25,10 +25,11 @@ def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
 
 
 def reply_text(chunks: int, chunk_size: int) -> list[str]:
-    """Deterministic reply pieces: ``chunks`` pieces of ``chunk_size`` characters."""
-    word = "mock "
-    piece = (word * (chunk_size // len(word) + 1))[:chunk_size]
-    return [piece] * chunks
+    """Deterministic reply pieces: ``chunks`` pieces of ``chunk_size`` characters that read, put
+    together, as ``mock mock mock …``."""
+    total = chunks * chunk_size
+    text = ("mock " * (total // 5 + 1))[:total]
+    return [text[i : i + chunk_size] for i in range(0, total, chunk_size)]
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
