@@ -178,6 +178,11 @@ def _parser() -> argparse.ArgumentParser:
         "--drop-after", type=int, metavar="N", help="cut the connection after N stream chunks"
     )
     mock.add_argument("--name", default="mock", help="name reported in answers")
+    mock.add_argument(
+        "--chat-only",
+        action="store_true",
+        help="answer /v1/responses with 404, like a Chat-Completions-only provider",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -252,6 +257,7 @@ def _mock(args: argparse.Namespace) -> int:
         fail_status=args.fail_status,
         hang=args.hang,
         drop_after=args.drop_after,
+        chat_only=args.chat_only,
         name=args.name,
     )
     bind(args.host, args.port, "mock").close()  # a busy port is a clear error, not a traceback

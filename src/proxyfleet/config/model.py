@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 __all__ = [
     "BackendConfig",
@@ -16,6 +16,7 @@ __all__ = [
     "LogConfig",
     "PoolConfig",
     "ProbeConfig",
+    "ProviderConfig",
     "ServerConfig",
     "UpstreamConfig",
 ]
@@ -79,6 +80,22 @@ class BackendConfig(_Model):
     max_concurrency: int | None = Field(default=None, gt=0)
 
 
+class ProviderConfig(_Model):
+    """How requests reach the upstream: as they are, or translated.
+
+    ``chat`` speaks the Responses API to clients and Chat Completions to the upstream (Cerebras,
+    Groq, vLLM, llama.cpp, Ollama…). ``model_map`` renames client models; a model not in it
+    becomes ``default_model`` when set, else goes through unchanged.
+    """
+
+    mode: Literal["passthrough", "chat"] = "passthrough"
+    profile: Literal["generic", "cerebras", "groq", "vllm", "ollama"] = "generic"
+    model_map: dict[str, str] = Field(default_factory=dict)
+    default_model: str | None = None
+    drop_fields: tuple[str, ...] = ()
+    reasoning: Literal["drop", "keep"] = "drop"
+
+
 class PoolConfig(_Model):
     """The backend pool: where backends come from and how they are leased."""
 
@@ -90,9 +107,16 @@ class PoolConfig(_Model):
     unhealthy_after: int = Field(default=3, gt=0)
     cooldown: float = Field(default=30.0, ge=0)
     probe: ProbeConfig = ProbeConfig()
+    provider: ProviderConfig = ProviderConfig()
     credentials_dir: Path | None = None
     upstreams: tuple[HttpUrl, ...] = ()
     backends: tuple[BackendConfig, ...] = ()
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _provider_shorthand(cls, value: object) -> object:
+        """``provider: chat`` is short for ``provider: {mode: chat}``."""
+        return {"mode": value} if isinstance(value, str) else value
 
 
 class LogConfig(_Model):

@@ -47,12 +47,16 @@ from proxyfleet.gateway.asgi import (
     sse_error,
 )
 from proxyfleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from proxyfleet.gateway.proxy import Forwarder, Sent, StreamBroken
+from proxyfleet.gateway.proxy import Forwarder, Sent, StreamBroken, Transform
 from proxyfleet.gateway.rules import client_credential, request_id, upstream_path
+from proxyfleet.gateway.translate import ChatToResponses
 from proxyfleet.gateway.websocket import WebSocketRelay, reject
 from proxyfleet.logs import event
 from proxyfleet.pool import BackendSpec, Pool, PoolSettings
 from proxyfleet.pool.prober import Prober
+from proxyfleet.providers.profiles import PROFILES
+from proxyfleet.providers.request import TranslateOptions, dumps, responses_to_chat
+from proxyfleet.providers.response import ResponseShape
 from proxyfleet.upstream import UpstreamClient
 
 __all__ = ["Gateway", "GatewayState"]
@@ -119,6 +123,15 @@ class Gateway:
         self._body_limit = config.server.max_body_bytes
         self._access_log = config.log.access
         self._models_cache: tuple[float, bytes] | None = None
+        provider = config.pool.provider
+        self._translate: TranslateOptions | None = None
+        if provider.mode == "chat":
+            self._translate = TranslateOptions(
+                PROFILES[provider.profile].with_drops(provider.drop_fields),
+                provider.model_map,
+                provider.default_model,
+                provider.reasoning,
+            )
         self._started_at = time.time()
         self._stack = AsyncExitStack()
         self._session: aiohttp.ClientSession | None = None
@@ -299,13 +312,25 @@ class Gateway:
         tail = upstream_path(path, scope.get("raw_path"), scope["query_string"])
         body = await read_body(scope, receive, self._body_limit)
         method = scope["method"]
+        transform: Transform | None = None
         if route in _JSON_ROUTES and method == "POST":
-            _check_json(body)
+            data = _check_json(body)
+            if route == "responses" and self._translate is not None:
+                tail, body, transform = self._to_chat(data, rid)
         if route == "models" and method == "GET":
             if await self._models(send, rid, sent):
                 return
             send = self._caching_models(send)
-        await self._forward_watched(scope, receive, send, rid, tail, body, sent)
+        await self._forward_watched(scope, receive, send, rid, tail, body, sent, transform)
+
+    def _to_chat(self, data: dict[str, Any], rid: str) -> tuple[str, bytes, Transform]:
+        """``provider: chat``: the Responses request as a Chat Completions one."""
+        assert self._translate is not None
+        chat = responses_to_chat(data, self._translate)
+        if chat.dropped:
+            event(_log, "translation_dropped", logging.DEBUG, request_id=rid, fields=chat.dropped)
+        shape = ResponseShape.of(data, f"resp_{rid}", int(time.time()))
+        return "/chat/completions", dumps(chat.body), ChatToResponses(shape, chat.stream)
 
     def _record(
         self, scope: Scope, path: str, route: str, rid: str, sent: Sent, elapsed: float
@@ -346,6 +371,7 @@ class Gateway:
         tail: str,
         body: bytes,
         sent: Sent,
+        transform: Transform | None = None,
     ) -> None:
         """Forward, cancelling everything (and freeing the lease) the moment the client leaves."""
         assert self._forwarder is not None
@@ -364,7 +390,7 @@ class Gateway:
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(on_message)
         try:
-            await self._forwarder.forward(scope, send, rid, tail, body, sent)
+            await self._forwarder.forward(scope, send, rid, tail, body, sent, transform)
         except asyncio.CancelledError:
             if gone:
                 task.uncancel()
@@ -377,7 +403,9 @@ class Gateway:
 
     async def _models(self, send: Send, rid: str, sent: Sent) -> bool:
         """Serve /v1/models from config or cache; False when the upstream must be asked."""
-        configured = self.config.server.models
+        configured = self.config.server.models or (
+            tuple(self.config.pool.provider.model_map) if self._translate is not None else ()
+        )
         if configured:
             data = {
                 "object": "list",
@@ -543,7 +571,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _check_json(body: bytes) -> None:
+def _check_json(body: bytes) -> dict[str, Any]:
     if not body:
         raise BadRequest("request body must be a JSON object", code="invalid_json")
     try:
@@ -552,3 +580,4 @@ def _check_json(body: bytes) -> None:
         raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
+    return data

@@ -8,7 +8,9 @@ with an SSE ``error`` event the client can parse.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from proxyfleet.errors import GatewayError, NoHealthyBackend, UpstreamError, UpstreamTimeout
 from proxyfleet.gateway.asgi import Scope, Send, sse_error
@@ -18,7 +20,7 @@ from proxyfleet.pool import Lease, Pool
 from proxyfleet.pool.backend import public_url
 from proxyfleet.upstream import Origin, UpstreamClient, UpstreamResponse
 
-__all__ = ["Forwarder", "Sent", "StreamBroken"]
+__all__ = ["Forwarder", "Sent", "StreamBroken", "Transform"]
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -36,6 +38,16 @@ class Sent:
     bytes: int = 0
     complete: bool = False  # the last body message is being sent
     sse: bool = False  # the body is an event stream
+
+
+class Transform(Protocol):
+    """Turns a successful upstream answer into another shape (see :mod:`.translate`)."""
+
+    upstream_headers: Mapping[str, str]
+
+    async def deliver(
+        self, send: Send, response: UpstreamResponse, rid: str, lease: Lease, sent: Sent
+    ) -> None: ...
 
 
 class _Retry(Exception):
@@ -63,9 +75,18 @@ class Forwarder:
         self._strip_client_auth = strip_client_auth
 
     async def forward(
-        self, scope: Scope, send: Send, rid: str, tail: str, body: bytes, sent: Sent
+        self,
+        scope: Scope,
+        send: Send,
+        rid: str,
+        tail: str,
+        body: bytes,
+        sent: Sent,
+        transform: Transform | None = None,
     ) -> None:
-        """Serve the request through the pool; raises GatewayError if nothing was sent."""
+        """Serve the request through the pool; raises GatewayError if nothing was sent.
+
+        With a ``transform``, a 200 answer is delivered by it (translated) instead of as is."""
         tried: list[str] = []
         last: GatewayError | None = None
         for attempt in range(self._retries + 1):
@@ -80,7 +101,15 @@ class Forwarder:
                 async with lease:
                     sent.backend = lease.backend.id
                     await self._attempt(
-                        scope, send, rid, tail, body, lease, sent, last_try=attempt == self._retries
+                        scope,
+                        send,
+                        rid,
+                        tail,
+                        body,
+                        lease,
+                        sent,
+                        transform,
+                        last_try=attempt == self._retries,
                     )
                     return
             except _Retry as retry:
@@ -99,6 +128,7 @@ class Forwarder:
         body: bytes,
         lease: Lease,
         sent: Sent,
+        transform: Transform | None,
         *,
         last_try: bool,
     ) -> None:
@@ -106,6 +136,8 @@ class Forwarder:
         headers = upstream_headers(
             scope["headers"], backend.headers, rid, strip_client_auth=self._strip_client_auth
         )
+        if transform is not None:
+            headers.update(transform.upstream_headers)
         try:
             response = await self._client.request(
                 self._origins[backend.id], scope["method"], tail, headers, body
@@ -122,7 +154,7 @@ class Forwarder:
                 )
             ) from exc
         try:
-            await self._deliver(send, rid, response, lease, sent, last_try=last_try)
+            await self._deliver(send, rid, response, lease, sent, transform, last_try=last_try)
         except BaseException:
             response.close()
             raise
@@ -135,6 +167,7 @@ class Forwarder:
         response: UpstreamResponse,
         lease: Lease,
         sent: Sent,
+        transform: Transform | None,
         *,
         last_try: bool,
     ) -> None:
@@ -143,6 +176,9 @@ class Forwarder:
             lease.fail()
         if status in _RETRY_STATUSES and not last_try:
             raise _Retry(UpstreamError(f"backend {lease.backend.id} answered {status}"))
+        if transform is not None and status == 200:
+            await transform.deliver(send, response, rid, lease, sent)
+            return
         headers = response_headers(response.headers, rid.encode())
         sse = response.content_type == b"text/event-stream"
         if response.content_length is not None and not sse:

@@ -1,4 +1,5 @@
-"""What the mock says: OpenAI-shaped bodies and stream events, built without I/O."""
+"""What the mock says: a :class:`~proxyfleet.mock.plan.Plan` rendered as OpenAI-shaped bodies
+and stream events, built without I/O."""
 
 from __future__ import annotations
 
@@ -8,14 +9,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = [
-    "chat_chunk",
-    "chat_completion",
-    "reply_text",
-    "response_events",
-    "response_object",
-    "sse",
-]
+from proxyfleet.mock.plan import Plan
+
+__all__ = ["chat_completion", "chat_frames", "response_events", "response_object", "sse"]
 
 
 def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
@@ -24,23 +20,21 @@ def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
     return f"{head}data: {payload}\n\n".encode()
 
 
-def reply_text(chunks: int, chunk_size: int) -> list[str]:
-    """Deterministic reply pieces: ``chunks`` pieces of ``chunk_size`` characters that read, put
-    together, as ``mock mock mock …``."""
-    total = chunks * chunk_size
-    text = ("mock " * (total // 5 + 1))[:total]
-    return [text[i : i + chunk_size] for i in range(0, total, chunk_size)]
+def _usage(plan: Plan) -> dict[str, int]:
+    completion = max(1, len(plan.text) // 4) if plan.call is None else 8
+    return {"prompt_tokens": 8, "completion_tokens": completion, "total_tokens": 8 + completion}
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-def chat_completion(model: str, text: str, credential: str) -> dict[str, Any]:
+def chat_completion(model: str, plan: Plan, credential: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": plan.text if plan.pieces else None}
+    if plan.call is not None:
+        message["tool_calls"] = [
+            {
+                "id": plan.call.call_id,
+                "type": "function",
+                "function": {"name": plan.call.name, "arguments": plan.call.arguments},
+            }
+        ]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -50,72 +44,121 @@ def chat_completion(model: str, text: str, credential: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
+                "message": message,
+                "finish_reason": "stop" if plan.call is None else "tool_calls",
             }
         ],
-        "usage": _usage(8, max(1, len(text) // 4)),
+        "usage": _usage(plan),
     }
 
 
-def chat_chunk(
-    chunk_id: str, model: str, delta: dict[str, Any], finish: str | None = None
-) -> dict[str, Any]:
-    return {
-        "id": chunk_id,
+def _chunk(
+    cid: str,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    usage: dict[str, int] | None = None,
+) -> bytes:
+    data: dict[str, Any] = {
+        "id": cid,
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
+    if usage is not None:
+        data["choices"] = []
+        data["usage"] = usage
+    return sse(data)
 
 
-def response_object(model: str, text: str, status: str = "completed") -> dict[str, Any]:
-    rid = f"resp_{uuid.uuid4().hex[:24]}"
-    output = (
-        [
+def chat_frames(model: str, plan: Plan, include_usage: bool) -> list[bytes]:
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    frames = [_chunk(cid, model, {"role": "assistant", "content": ""})]
+    frames += [_chunk(cid, model, {"content": p}) for p in plan.pieces]
+    if plan.call is not None:
+        call = plan.call
+        half = len(call.arguments) // 2
+        frames.append(
+            _chunk(
+                cid,
+                model,
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call.call_id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": ""},
+                        }
+                    ]
+                },
+            )
+        )
+        for piece in (call.arguments[:half], call.arguments[half:]):
+            frames.append(
+                _chunk(cid, model, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            )
+    frames.append(_chunk(cid, model, {}, "stop" if plan.call is None else "tool_calls"))
+    if include_usage:
+        frames.append(_chunk(cid, model, {}, usage=_usage(plan)))
+    frames.append(sse("[DONE]"))
+    return frames
+
+
+def _items(rid: str, plan: Plan) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    if plan.pieces:
+        items.append(
             {
                 "type": "message",
                 "id": f"msg_{rid[5:]}",
                 "status": "completed",
                 "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
+                "content": [{"type": "output_text", "text": plan.text, "annotations": []}],
             }
-        ]
-        if status == "completed"
-        else []
-    )
+        )
+    if plan.call is not None:
+        items.append(
+            {
+                "type": "function_call",
+                "id": f"fc_{rid[5:]}",
+                "call_id": plan.call.call_id,
+                "name": plan.call.name,
+                "arguments": plan.call.arguments,
+                "status": "completed",
+            }
+        )
+    return items
+
+
+def response_object(model: str, plan: Plan, rid: str | None = None) -> dict[str, Any]:
+    rid = rid or f"resp_{uuid.uuid4().hex[:24]}"
+    usage = _usage(plan)
     return {
         "id": rid,
         "object": "response",
         "created_at": int(time.time()),
-        "status": status,
+        "status": "completed",
         "model": model,
-        "output": output,
+        "output": _items(rid, plan),
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],
         "usage": {
-            "input_tokens": 8,
-            "output_tokens": max(1, len(text) // 4),
-            "total_tokens": 8 + max(1, len(text) // 4),
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
             "input_tokens_details": {"cached_tokens": 0},
             "output_tokens_details": {"reasoning_tokens": 0},
-        }
-        if status == "completed"
-        else None,
+        },
     }
 
 
-def response_events(model: str, pieces: list[str]) -> Iterator[dict[str, Any]]:
-    """The Responses API stream for one text message, with increasing ``sequence_number``."""
-    text = "".join(pieces)
-    final = response_object(model, text)
+def response_events(model: str, plan: Plan) -> Iterator[dict[str, Any]]:
+    """The Responses API stream for a plan, with increasing ``sequence_number``."""
+    final = response_object(model, plan)
     started = dict(final, status="in_progress", output=[], usage=None)
-    item = final["output"][0]
-    item_id = item["id"]
-    empty_item = dict(item, status="in_progress", content=[])
-    part = {"type": "output_text", "text": "", "annotations": []}
     seq = 0
 
     def event(kind: str, **fields: Any) -> dict[str, Any]:
@@ -125,12 +168,38 @@ def response_events(model: str, pieces: list[str]) -> Iterator[dict[str, Any]]:
 
     yield event("response.created", response=started)
     yield event("response.in_progress", response=started)
-    yield event("response.output_item.added", output_index=0, item=empty_item)
-    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-    yield event("response.content_part.added", **where, part=part)
-    for piece in pieces:
-        yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
-    yield event("response.output_text.done", **where, text=text, logprobs=[])
-    yield event("response.content_part.done", **where, part=dict(part, text=text))
-    yield event("response.output_item.done", output_index=0, item=item)
+    for index, item in enumerate(final["output"]):
+        if item["type"] == "message":
+            yield event(
+                "response.output_item.added",
+                output_index=index,
+                item=dict(item, status="in_progress", content=[]),
+            )
+            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            part = {"type": "output_text", "text": "", "annotations": []}
+            yield event("response.content_part.added", **where, part=part)
+            for piece in plan.pieces:
+                yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
+            yield event("response.output_text.done", **where, text=plan.text, logprobs=[])
+            yield event("response.content_part.done", **where, part=dict(part, text=plan.text))
+        else:
+            yield event(
+                "response.output_item.added",
+                output_index=index,
+                item=dict(item, status="in_progress", arguments=""),
+            )
+            yield event(
+                "response.function_call_arguments.delta",
+                item_id=item["id"],
+                output_index=index,
+                delta=item["arguments"],
+            )
+            yield event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                arguments=item["arguments"],
+                name=item["name"],
+            )
+        yield event("response.output_item.done", output_index=index, item=item)
     yield event("response.completed", response=final)

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import random
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -22,13 +21,13 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from proxyfleet.mock.payloads import (
-    chat_chunk,
     chat_completion,
-    reply_text,
+    chat_frames,
     response_events,
     response_object,
     sse,
 )
+from proxyfleet.mock.plan import Plan, plan_chat, plan_responses
 
 __all__ = ["MOCK_STATE", "MockSettings", "MockStats", "build_mock_app", "credential_label"]
 
@@ -46,6 +45,7 @@ class MockSettings:
     hang: bool = False  # accept the request and never answer
     drop_after: int | None = None  # close the connection after this many stream chunks
     models: tuple[str, ...] = ("mock-gpt", "mock-gpt-mini")
+    chat_only: bool = False  # answer /v1/responses with 404, like a Chat-Completions provider
     name: str = "mock"  # reported in answers, to tell mocks apart
 
     def updated(self, changes: dict[str, Any]) -> MockSettings:
@@ -194,50 +194,54 @@ async def _stream(
     return response
 
 
-Answer = Callable[[str, list[str], str], dict[str, Any]]
-Frames = Callable[[str, list[str]], list[bytes]]
+Planner = Callable[[dict[str, Any], int, int], Plan]
+Answer = Callable[[str, Plan, str], dict[str, Any]]
+Frames = Callable[[str, Plan, dict[str, Any]], list[bytes]]
 
 
-async def _generate(request: web.Request, answer: Answer, frames: Frames) -> web.StreamResponse:
+async def _generate(
+    request: web.Request, planner: Planner, answer: Answer, frames: Frames
+) -> web.StreamResponse:
     """One generation: faults first, then a JSON answer or an SSE stream of ``frames``."""
     state = request.app[MOCK_STATE]
     settings = state.settings
     with _Tracked(state, request) as label:
         body = await _body(request)
+        state.stats.recent[-1]["model"] = body.get("model")
         failed = await _fault(settings)
         if failed is not None:
             return failed
         model = str(body.get("model") or settings.models[0])
-        pieces = reply_text(settings.chunks, settings.chunk_size)
+        plan = planner(body, settings.chunks, settings.chunk_size)
         if not body.get("stream"):
             if settings.latency:
                 await asyncio.sleep(settings.latency)
-            return web.json_response(answer(model, pieces, label))
-        return await _stream(request, settings, frames(model, pieces))
+            return web.json_response(answer(model, plan, label))
+        return await _stream(request, settings, frames(model, plan, body))
 
 
-def _chat_frames(model: str, pieces: list[str]) -> list[bytes]:
-    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    frames = [sse(chat_chunk(cid, model, {"role": "assistant", "content": ""}))]
-    frames += [sse(chat_chunk(cid, model, {"content": p})) for p in pieces]
-    frames.append(sse(chat_chunk(cid, model, {}, "stop")))
-    frames.append(sse("[DONE]"))
-    return frames
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _generate(
         request,
-        lambda model, pieces, label: chat_completion(model, "".join(pieces), label),
-        _chat_frames,
+        plan_chat,
+        chat_completion,
+        lambda model, plan, body: chat_frames(model, plan, _include_usage(body)),
     )
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
+    if request.app[MOCK_STATE].settings.chat_only:
+        return _error(404, "this provider only speaks /v1/chat/completions", "not_found")
     return await _generate(
         request,
-        lambda model, pieces, _: response_object(model, "".join(pieces)),
-        lambda model, pieces: [sse(e, e["type"]) for e in response_events(model, pieces)],
+        plan_responses,
+        lambda model, plan, _: response_object(model, plan),
+        lambda model, plan, _: [sse(e, e["type"]) for e in response_events(model, plan)],
     )
 
 
@@ -278,7 +282,8 @@ async def responses_websocket(request: web.Request) -> web.StreamResponse:
                 continue
             settings = state.settings
             model = str(frame.get("model") or settings.models[0])
-            for event in response_events(model, reply_text(settings.chunks, settings.chunk_size)):
+            plan = plan_responses(frame, settings.chunks, settings.chunk_size)
+            for event in response_events(model, plan):
                 if settings.latency:
                     await asyncio.sleep(settings.latency)
                 await ws.send_json(event)
