@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 import pytest
+import websockets
 
 from tests.conftest import Proc, Processes
 
@@ -160,3 +161,43 @@ def test_chat_mode_refuses_what_it_cannot_translate(procs: Processes, tmp_path: 
         with pytest.raises(openai.BadRequestError, match=r"input\[0\]"):
             sdk.responses.create(model="m", input=[{"type": "wat"}])  # type: ignore[list-item]
     assert mock.get_json("/mock/stats")["requests"] == 0
+
+
+async def _ws_turn(ws: Any, frame: dict[str, Any]) -> list[dict[str, Any]]:
+    await ws.send(json.dumps(frame))
+    events = []
+    while True:
+        event = json.loads(await ws.recv())
+        events.append(event)
+        if event["type"] in ("response.completed", "response.failed", "error"):
+            return events
+
+
+async def test_websocket_responses_in_both_modes(
+    procs: Processes, tmp_path: Path, mode: str
+) -> None:
+    _, gateway = start(procs, tmp_path, mode)
+    url = gateway.url.replace("http://", "ws://") + "/responses"
+    async with websockets.connect(url) as ws:
+        text = await _ws_turn(
+            ws, {"type": "response.create", "model": "gpt-5-codex", "input": "hi"}
+        )
+        deltas = [e["delta"] for e in text if e["type"] == "response.output_text.delta"]
+        assert "".join(deltas) == TEXT
+        assert text[-1]["type"] == "response.completed"
+        call = await _ws_turn(
+            ws,
+            {
+                "type": "response.create",
+                "model": "gpt-5-codex",
+                "input": [{"role": "user", "content": "weather?"}],
+                "tools": TOOLS,
+            },
+        )
+        items = call[-1]["response"]["output"]
+        assert [i["type"] for i in items] == ["function_call"]
+        assert json.loads(items[0]["arguments"]) == {"city": "mock"}
+        bad = await _ws_turn(ws, {"type": "nonsense"})
+        assert bad[-1]["type"] == "error"
+        again = await _ws_turn(ws, {"type": "response.create", "model": "m", "input": "hi"})
+        assert again[-1]["type"] == "response.completed"  # the connection survived the error

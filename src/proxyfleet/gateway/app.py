@@ -50,6 +50,7 @@ from proxyfleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from proxyfleet.gateway.proxy import Forwarder, Sent, StreamBroken, Transform
 from proxyfleet.gateway.rules import client_credential, request_id, upstream_path
 from proxyfleet.gateway.translate import ChatToResponses
+from proxyfleet.gateway.translate_ws import ChatWebSocket
 from proxyfleet.gateway.websocket import WebSocketRelay, reject
 from proxyfleet.logs import event
 from proxyfleet.pool import BackendSpec, Pool, PoolSettings
@@ -137,6 +138,7 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._forwarder: Forwarder | None = None
         self._relay: WebSocketRelay | None = None
+        self._chat_ws: ChatWebSocket | None = None
         self._ops: dict[str, Callable[[Scope, Send], Awaitable[None]]] = {
             "/live": self._live,
             "/ready": self._ready,
@@ -182,6 +184,8 @@ class Gateway:
             retries=self.config.pool.retries,
             strip_client_auth=strip,
         )
+        if self._translate is not None:
+            self._chat_ws = ChatWebSocket(self._forwarder, self._translate)
         self._relay = WebSocketRelay(
             self._session, self.pool, strip_client_auth=strip, retries=self.config.pool.retries
         )
@@ -460,6 +464,10 @@ class Gateway:
             return
         self._active += 1
         try:
+            if self._chat_ws is not None and tail == "/responses":
+                rid = request_id(_header(scope, b"x-request-id"))
+                await self._chat_ws.serve(scope, receive, send, rid)
+                return
             await self._relay.relay(
                 scope, receive, send, tail, request_id(_header(scope, b"x-request-id"))
             )

@@ -16,7 +16,7 @@ from proxyfleet.errors import GatewayError, NoHealthyBackend, UpstreamError, Ups
 from proxyfleet.gateway.asgi import Scope, Send, sse_error
 from proxyfleet.gateway.metrics import GatewayMetrics
 from proxyfleet.gateway.rules import response_headers, upstream_headers
-from proxyfleet.pool import Lease, Pool
+from proxyfleet.pool import Lease, Outcome, Pool
 from proxyfleet.pool.backend import public_url
 from proxyfleet.upstream import Origin, UpstreamClient, UpstreamResponse
 
@@ -116,6 +116,47 @@ class Forwarder:
                 tried.append(lease.backend.id)
                 last = retry.error
                 self._metrics.failovers.inc()
+        assert last is not None
+        raise last
+
+    async def call(
+        self, scope: Scope, rid: str, tail: str, body: bytes, extra: Mapping[str, str]
+    ) -> tuple[Lease, UpstreamResponse]:
+        """A leased backend and its answer's head, failing over before any answer came.
+
+        For callers that consume the answer themselves (the translated WebSocket): they own
+        both and must release the lease and close or release the response."""
+        tried: list[str] = []
+        last: GatewayError | None = None
+        for attempt in range(self._retries + 1):
+            try:
+                lease = await self._pool.acquire(rid, exclude=tried)
+            except NoHealthyBackend:
+                if last is not None:
+                    raise last from None
+                raise
+            backend = lease.backend
+            headers = upstream_headers(
+                scope["headers"], backend.headers, rid, strip_client_auth=self._strip_client_auth
+            )
+            headers.update(extra)
+            try:
+                response = await self._client.request(
+                    self._origins[backend.id], "POST", tail, headers, body
+                )
+            except (TimeoutError, OSError) as exc:
+                await lease.release(Outcome.FAILURE)
+                tried.append(backend.id)
+                last = UpstreamError(f"backend {backend.id} failed: {type(exc).__name__}")
+                continue
+            if response.status in _RETRY_STATUSES and attempt < self._retries:
+                response.close()
+                failed = response.status >= 500
+                await lease.release(Outcome.FAILURE if failed else Outcome.NEUTRAL)
+                tried.append(backend.id)
+                last = UpstreamError(f"backend {backend.id} answered {response.status}")
+                continue
+            return lease, response
         assert last is not None
         raise last
 
