@@ -201,3 +201,26 @@ async def test_websocket_responses_in_both_modes(
         assert bad[-1]["type"] == "error"
         again = await _ws_turn(ws, {"type": "response.create", "model": "m", "input": "hi"})
         assert again[-1]["type"] == "response.completed"  # the connection survived the error
+
+
+def test_dropped_fields_are_noted_in_the_debug_log(procs: Processes, tmp_path: Path) -> None:
+    mock = procs.mock("--chat-only")
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({"pool": {"provider": "chat"}}))
+    gateway = procs.gateway("--config", str(config), "--upstream", mock.url, "--log-level", "debug")
+    with openai.OpenAI(base_url=gateway.url, api_key="x", max_retries=0) as sdk:
+        response = sdk.responses.create(
+            model="m",
+            input="hi",
+            store=False,
+            tools=[{"type": "web_search"}, *TOOLS],  # type: ignore[list-item]
+        )
+    assert response.status == "completed"
+    gateway.stop()
+    notes = [
+        json.loads(line)
+        for line in gateway.output().splitlines()
+        if '"translation_dropped"' in line
+    ]
+    assert len(notes) == 1
+    assert notes[0]["fields"] == ["tools[0] (type 'web_search')", "store"]
