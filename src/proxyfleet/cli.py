@@ -7,14 +7,16 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxyfleet import __version__
 from proxyfleet.errors import ConfigError, ListenError
 
 if TYPE_CHECKING:
     from proxyfleet.config import Config
+    from proxyfleet.fleet.instances import Fleet
     from proxyfleet.pool import BackendSpec
 
 __all__ = ["main"]
@@ -115,6 +117,69 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _runtime_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runtime-dir",
+        type=Path,
+        metavar="DIR",
+        help="where proxy_<port>.pid/.lock/.log live (also PROXYFLEET_RUNTIME_DIR; default "
+        "$XDG_RUNTIME_DIR/proxyfleet or a per-user temp folder)",
+    )
+
+
+def _add_fleet_commands(commands: Any) -> None:
+    start = commands.add_parser(
+        "start",
+        help="start a detached gateway on a port (proxies side by side)",
+        description="Start 'proxyfleet serve' detached, keyed by its port: its own pid, lock and "
+        "log file in the runtime dir. Refuses a port held by another process; a "
+        "no-op when our instance already serves it. Waits for /ready.",
+    )
+    _add_config_flags(start)
+    _runtime_flag(start)
+    start.add_argument(
+        "--wait",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long to wait for /ready (default 20)",
+    )
+    stop = commands.add_parser(
+        "stop",
+        help="stop the instance on a port (or all)",
+        description="SIGTERM to the instance's process group, SIGKILL after --timeout. Only the "
+        "process recorded for the port, checked to be alive and ours, is signalled.",
+    )
+    target = stop.add_mutually_exclusive_group(required=True)
+    target.add_argument("--port", type=int)
+    target.add_argument("--all", action="store_true", help="every recorded instance")
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="drain time before SIGKILL (default 10)",
+    )
+    _runtime_flag(stop)
+    status = commands.add_parser("status", help="the instances: port, pid, state, health, …")
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    _runtime_flag(status)
+    restart = commands.add_parser("restart", help="stop, then start with the same flags")
+    restart.add_argument("--port", type=int, required=True)
+    restart.add_argument("--wait", type=float, default=20.0, metavar="SECONDS")
+    _runtime_flag(restart)
+    logs = commands.add_parser("logs", help="show (or follow) an instance's log")
+    logs.add_argument("--port", type=int, required=True)
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing until the instance stops or Ctrl+C",
+    )
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    _runtime_flag(logs)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxyfleet",
@@ -134,6 +199,12 @@ def _parser() -> argparse.ArgumentParser:
         "Ctrl+C (in-flight requests drain first).",
     )
     _add_config_flags(serve)
+    serve.add_argument(
+        "--instance-dir",
+        type=Path,
+        metavar="DIR",
+        help="hold proxy_<port>.lock and write proxy_<port>.pid there (used by 'proxyfleet start')",
+    )
 
     check = commands.add_parser(
         "config",
@@ -184,6 +255,8 @@ def _parser() -> argparse.ArgumentParser:
         help="answer /v1/responses with 404, like a Chat-Completions-only provider",
     )
 
+    _add_fleet_commands(commands)
+
     demo = commands.add_parser(
         "demo",
         help="mock pool + gateway + live view (no config needed)",
@@ -219,12 +292,96 @@ def _load(args: argparse.Namespace) -> tuple[Config, tuple[BackendSpec, ...]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from proxyfleet.fleet.lifecycle import InstanceSpec
+    from proxyfleet.fleet.records import InstanceFiles
     from proxyfleet.gateway.server import run_gateway
     from proxyfleet.logs import configure_logging
 
     config, backends = _load(args)
     configure_logging(config.log.level, config.log.format)
-    return run_gateway(config, backends)
+    instance = None
+    if args.instance_dir is not None:
+        files = InstanceFiles(args.instance_dir, config.server.port)
+        path = str(args.config.resolve()) if args.config else None
+        instance = InstanceSpec(files, path, tuple(_serve_flags(args)))
+    return run_gateway(config, backends, instance)
+
+
+def _serve_flags(args: argparse.Namespace) -> list[str]:
+    """The config flags given, as a 'serve' command line (paths made absolute)."""
+    out: list[str] = []
+    if args.config is not None:
+        out += ["--config", str(args.config.resolve())]
+    for dest in _SERVE_FIELDS:
+        value = getattr(args, dest, None)
+        if value is None or dest in ("host", "port"):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                out += [flag, str(item)]
+        else:
+            out += [flag, str(value.resolve() if isinstance(value, Path) else value)]
+    return out
+
+
+def _fleet(args: argparse.Namespace) -> Fleet:
+    from proxyfleet.fleet.instances import Fleet
+    from proxyfleet.fleet.records import default_runtime_dir
+
+    directory = args.runtime_dir or (
+        Path(os.environ["PROXYFLEET_RUNTIME_DIR"])
+        if os.environ.get("PROXYFLEET_RUNTIME_DIR")
+        else default_runtime_dir()
+    )
+    return Fleet(directory, lambda line: print(line, flush=True))
+
+
+def _start(args: argparse.Namespace) -> int:
+    from proxyfleet.gateway.app import load_keys
+
+    config, _ = _load(args)  # a bad config fails here, with exit code 2, before anything starts
+    if config.server.auth_keys_file is not None:
+        load_keys(config.server.auth_keys_file)
+    path = str(args.config.resolve()) if args.config else None
+    return _fleet(args).start(
+        config.server.port, config.server.host, _serve_flags(args), path, args.wait
+    )
+
+
+def _stop(args: argparse.Namespace) -> int:
+    fleet = _fleet(args)
+    return fleet.stop_all(args.timeout) if args.all else fleet.stop(args.port, args.timeout)
+
+
+def _status(args: argparse.Namespace) -> int:
+    rows = _fleet(args).status()
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no instances recorded")
+        return 0
+    print(f"{'PORT':>6} {'PID':>8} {'STATE':8} {'UPTIME':>9} {'HEALTH':14} CONFIG / LOG")
+    for r in rows:
+        uptime = f"{r.uptime:.0f}s" if r.uptime is not None else "-"
+        print(
+            f"{r.port:>6} {r.pid or '-':>8} {r.state:8} {uptime:>9} {r.health:14} "
+            f"{r.config or '(flags)'}  {r.log}"
+        )
+    return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    return _fleet(args).restart(args.port, args.wait)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    return _fleet(args).logs(
+        args.port, args.follow, args.lines, lambda text: print(text, end="", flush=True)
+    )
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -271,7 +428,17 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.port, args.accounts, args.burst, serve=not args.no_serve)
 
 
-_COMMANDS = {"serve": _serve, "config": _config, "mock": _mock, "demo": _demo}
+_COMMANDS = {
+    "serve": _serve,
+    "config": _config,
+    "mock": _mock,
+    "demo": _demo,
+    "start": _start,
+    "stop": _stop,
+    "status": _status,
+    "restart": _restart,
+    "logs": _logs,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxyfleet.config.model import Config
 from proxyfleet.errors import ListenError
+from proxyfleet.fleet.lifecycle import InstanceSpec, hold_instance_lock, instance_record
 from proxyfleet.gateway.app import Gateway, load_keys
 from proxyfleet.logs import event
 from proxyfleet.pool import BackendSpec
@@ -133,12 +134,23 @@ async def serve_gateway(
     return server
 
 
-def run_gateway(config: Config, backends: Sequence[BackendSpec]) -> int:
+def run_gateway(
+    config: Config, backends: Sequence[BackendSpec], instance: InstanceSpec | None = None
+) -> int:
     """Serve until a signal; returns the process exit code."""
     if config.server.auth_keys_file is not None:
         load_keys(config.server.auth_keys_file)  # refuse a bad keys file before listening
     raise_fd_limit()
-    sock = bind(config.server.host, config.server.port)
+    with contextlib.ExitStack() as stack:
+        if instance is not None:
+            stack.enter_context(hold_instance_lock(instance.files))
+        sock = bind(config.server.host, config.server.port)
+        if instance is not None:
+            stack.enter_context(instance_record(instance, config.server.host))
+        return _serve(config, backends, sock)
+
+
+def _serve(config: Config, backends: Sequence[BackendSpec], sock: socket.socket) -> int:
 
     def announce(url: str) -> None:
         cap = config.pool.max_concurrency

@@ -1,0 +1,66 @@
+"""The port guard's four states: the pure decision, and each state seen for real."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from proxyfleet.fleet.portguard import Facts, PortState, classify, inspect, port_owner
+from proxyfleet.fleet.records import (
+    InstanceFiles,
+    new_record,
+    process_start_ticks,
+    read_record,
+    write_record,
+)
+
+
+@pytest.mark.parametrize(
+    ("facts", "state"),
+    [
+        (Facts(True, False, False), PortState.FREE),
+        (Facts(True, False, True), PortState.FREE),  # a stale record does not make a port busy
+        (Facts(False, True, True), PortState.OURS),
+        (Facts(False, True, False), PortState.FOREIGN),  # a proxyfleet we did not record
+        (Facts(False, False, True), PortState.FOREIGN),  # our pid, but not answering there
+        (Facts(False, False, False), PortState.FOREIGN),
+        (Facts(None, False, False), PortState.UNKNOWN),
+    ],
+)
+def test_classify(facts: Facts, state: PortState) -> None:
+    assert classify(facts) is state
+
+
+def test_free_and_foreign_for_real() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        holder.listen()
+        assert inspect("127.0.0.1", port, record_alive_and_ours=False) is PortState.FOREIGN
+        owner = port_owner(port)
+        assert owner is not None
+        assert f"(pid {os.getpid()})" in owner
+    assert inspect("127.0.0.1", port, record_alive_and_ours=False) is PortState.FREE
+
+
+def test_unknown_when_binding_is_not_allowed() -> None:
+    # 192.0.2.1 (TEST-NET-1) is not an address of this machine: bind fails with EADDRNOTAVAIL
+    assert inspect("192.0.2.1", 8080, record_alive_and_ours=False) is PortState.UNKNOWN
+
+
+def test_records_round_trip_and_know_their_process(tmp_path: Path) -> None:
+    files = InstanceFiles(tmp_path / "rt", 4321)
+    record = new_record(4321, "127.0.0.1", None, files.log, ("--upstream", "http://x/v1"))
+    write_record(files, record)
+    assert read_record(files) == record
+    assert record.alive_and_ours()
+    assert list(files.directory.iterdir()) == [files.pid]  # no temp file left behind
+    reused = replace(record, start_ticks=record.start_ticks + 1)
+    assert not reused.alive_and_ours()  # same pid, other start time: not ours
+    files.pid.write_text("{torn")
+    assert read_record(files) is None
+    assert process_start_ticks(2**22 + 7) is None
