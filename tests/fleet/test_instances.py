@@ -224,3 +224,19 @@ def test_restart_logs_and_failed_start(procs: Processes, runtime: dict[str, str]
     )
     assert bad.returncode == 2  # refused before anything started
     assert "auth_keys_file" in bad.stderr
+
+
+def test_start_that_never_gets_ready_is_rolled_back(
+    procs: Processes, runtime: dict[str, str]
+) -> None:
+    mock = procs.mock()
+    port = _free_port()
+    result = run_cli(
+        "start", "--port", str(port), "--upstream", mock.url, "--wait", "0.01", env=runtime
+    )
+    assert result.returncode == 1
+    assert f"port {port}: not ready within 0.01s; stopping it. Its log ends:" in result.stdout
+    assert "proxyfleet start on port" in result.stdout  # the tail of the instance's log
+    time.sleep(0.5)
+    status = json.loads(run_cli("status", "--json", env=runtime).stdout)
+    assert all(s["state"] != "running" for s in status)
