@@ -28,7 +28,7 @@ _PROXY_COMMON = """\
 
 
 def _upstream(name: str, ports: list[int]) -> str:
-    servers = "".join(f"        server 127.0.0.1:{port} max_fails=0;\n" for port in ports)
+    servers = "".join(f"        server 127.0.0.1:{port};\n" for port in ports)
     return f"    upstream pf_{name} {{\n{servers}        keepalive 64;\n    }}\n"
 
 
