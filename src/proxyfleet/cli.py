@@ -17,6 +17,7 @@ from proxyfleet.errors import ConfigError, ListenError
 if TYPE_CHECKING:
     from proxyfleet.config import Config
     from proxyfleet.fleet.instances import Fleet
+    from proxyfleet.fleet.manager import Manager
     from proxyfleet.pool import BackendSpec
 
 __all__ = ["main"]
@@ -180,6 +181,60 @@ def _add_fleet_commands(commands: Any) -> None:
     _runtime_flag(logs)
 
 
+def _deploy_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        required=True,
+        metavar="DEPLOY_YAML",
+        help="the deployment file (nginx, servers, routing)",
+    )
+    _runtime_flag(parser)
+
+
+def _add_deploy_commands(commands: Any) -> None:
+    up = commands.add_parser(
+        "up",
+        help="multi-process mode: workers behind a generated nginx",
+        description="Validate the deployment, pre-check every port, start the workers, wait for "
+        "their health endpoints, then start nginx. Any failure rolls back what was "
+        "started. Stays in the foreground (Ctrl+C stops everything in order) unless "
+        "--detach.",
+    )
+    _deploy_flag(up)
+    up.add_argument("--detach", action="store_true", help="return once everything is up")
+    up.add_argument(
+        "--watch",
+        action="store_true",
+        help="re-validate and apply changes to the deployment and configs it names",
+    )
+    up.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long each process may take to become healthy (default 30)",
+    )
+    ps = commands.add_parser("ps", help="the processes of a deployment")
+    _deploy_flag(ps)
+    down = commands.add_parser("down", help="stop a deployment: nginx, servers, core last")
+    _deploy_flag(down)
+    down.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="per group, before SIGKILL (default 10)",
+    )
+    nginx = commands.add_parser("nginx", help="nginx config for a deployment")
+    actions = nginx.add_subparsers(dest="nginx_command", metavar="ACTION", required=True)
+    render = actions.add_parser("render", help="print (or write) the generated nginx.conf")
+    _deploy_flag(render)
+    render.add_argument("-o", "--output", type=Path, metavar="FILE")
+    render.add_argument("--validate", action="store_true", help="check it with the real nginx -t")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxyfleet",
@@ -256,6 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _add_fleet_commands(commands)
+    _add_deploy_commands(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -428,6 +484,66 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.port, args.accounts, args.burst, serve=not args.no_serve)
 
 
+def _manager(args: argparse.Namespace) -> Manager:
+    from proxyfleet.fleet.manager import Manager
+
+    return Manager(args.file, _fleet(args).directory, lambda line: print(line, flush=True))
+
+
+def _up(args: argparse.Namespace) -> int:
+    from proxyfleet.fleet.manager import Supervisor
+
+    manager = _manager(args)
+    code, deployment = manager.up(args.wait)
+    if code or deployment is None or args.detach:
+        return code
+    supervisor = Supervisor(manager, deployment)
+    tick = None
+    if args.watch:
+        from proxyfleet.fleet.watch import Watcher
+
+        tick = Watcher(manager, supervisor).tick
+    print("running in the foreground; Ctrl+C stops everything", flush=True)
+    return supervisor.run(tick)
+
+
+def _ps(args: argparse.Namespace) -> int:
+    processes, _ = _manager(args).load_state()
+    if not processes:
+        print("not up")
+        return 0
+    print(f"{'ROLE':7} {'SERVER':12} {'PORT':>6} {'PID':>8} {'STATE':8} LOG")
+    for p in processes:
+        state = "running" if p.alive() else "gone"
+        print(f"{p.role:7} {p.server:12} {p.port:>6} {p.pid:>8} {state:8} {p.log}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    return _manager(args).down(args.timeout)
+
+
+def _nginx(args: argparse.Namespace) -> int:
+    from proxyfleet.fleet.deploy import load_deployment
+    from proxyfleet.fleet.nginx import find_nginx, render_nginx, validate_nginx
+
+    deployment = load_deployment(args.file)
+    manager = _manager(args)
+    text = render_nginx(deployment, manager.prefix)
+    target = args.output
+    if args.validate:
+        check = target or manager.state_dir / "nginx-check.conf"
+        check.parent.mkdir(parents=True, exist_ok=True)
+        check.write_text(text)
+        validate_nginx(find_nginx(deployment.nginx.binary), check, manager.prefix)
+        print(f"nginx -t: {check} is valid", file=sys.stderr)
+    if target is not None:
+        target.write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 _COMMANDS = {
     "serve": _serve,
     "config": _config,
@@ -438,6 +554,10 @@ _COMMANDS = {
     "status": _status,
     "restart": _restart,
     "logs": _logs,
+    "up": _up,
+    "ps": _ps,
+    "down": _down,
+    "nginx": _nginx,
 }
 
 

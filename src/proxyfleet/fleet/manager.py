@@ -1,0 +1,352 @@
+"""Multi-process mode: ``up`` / ``ps`` / ``down`` for a deployment file.
+
+``up``: validate → pre-check every port (a start never half-succeeds) → render and check the
+nginx config → start the workers → wait for each health endpoint → start nginx. Any failure
+rolls back everything it started and says why. ``down`` (and Ctrl+C on a foreground ``up``)
+stops in order nginx → functional servers → core: SIGTERM to each process group, SIGKILL after
+the timeout, and checks that no process is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from proxyfleet.errors import ConfigError
+from proxyfleet.fleet.deploy import Deployment, ServerSpec, load_deployment
+from proxyfleet.fleet.nginx import find_nginx, prepare_prefix, render_nginx, validate_nginx
+from proxyfleet.fleet.portguard import PortState, inspect, port_owner
+from proxyfleet.fleet.records import process_start_ticks
+
+__all__ = ["Manager", "Process"]
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    role: str  # "nginx" or "worker"
+    server: str
+    port: int
+    pid: int
+    ticks: int
+    log: str
+
+    def alive(self) -> bool:
+        return process_start_ticks(self.pid) == self.ticks
+
+
+class StartFailed(Exception):
+    """Something in ``up`` failed: everything started so far is rolled back."""
+
+
+def _healthy(port: int, path: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as response:
+            return bool(response.status < 400)
+    except urllib.error.HTTPError as error:
+        error.close()
+        return False
+    except OSError:
+        return False
+
+
+def _listening(port: int) -> bool:
+    with (
+        contextlib.suppress(OSError),
+        __import__("socket").create_connection(("127.0.0.1", port), 0.5),
+    ):
+        return True
+    return False
+
+
+class Manager:
+    def __init__(self, deploy_path: Path, runtime_dir: Path, say: Say) -> None:
+        self.deploy_path = deploy_path.resolve()
+        digest = hashlib.sha256(str(self.deploy_path).encode()).hexdigest()[:8]
+        self.state_dir = runtime_dir / f"deploy-{deploy_path.stem}-{digest}"
+        self.say = say
+        self.processes: list[Process] = []
+        self._popen: dict[int, subprocess.Popen[bytes]] = {}
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def prefix(self) -> Path:
+        return self.state_dir / "nginx"
+
+    def _save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = {
+            "deploy": str(self.deploy_path),
+            "supervisor": os.getpid(),
+            "supervisor_ticks": process_start_ticks(os.getpid()),
+            "processes": [asdict(p) for p in self.processes],
+        }
+        fd, temp = tempfile.mkstemp(dir=self.state_dir, prefix="state.")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+        os.replace(temp, self.state_file)
+
+    def load_state(self) -> tuple[list[Process], tuple[int, int | None] | None]:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return [], None
+        processes = [Process(**p) for p in data.get("processes", [])]
+        return processes, (data.get("supervisor"), data.get("supervisor_ticks"))
+
+    # -- up ---------------------------------------------------------------------------------------
+    def up(self, wait: float = 30.0) -> tuple[int, Deployment | None]:
+        deployment = load_deployment(self.deploy_path)
+        running = [p for p in self.load_state()[0] if p.alive()]
+        if running:
+            self.say(
+                f"{self.deploy_path.name} is already up ({len(running)} processes); "
+                "'proxyfleet down' first"
+            )
+            return 1, None
+        binary = find_nginx(deployment.nginx.binary)
+        blocked = self._blocked_ports(deployment)
+        if blocked:
+            for line in blocked:
+                self.say(line)
+            self.say("not starting anything: free these ports or change the deployment")
+            return 1, None
+        conf = self._write_nginx(deployment, binary)
+        try:
+            for name in reversed(deployment.stop_order()):  # core first
+                server = deployment.servers[name]
+                for port in server.ports():
+                    self._start_worker(name, server, port)
+            self._save()
+            for process in self.processes:
+                self._wait_healthy(process, deployment.servers[process.server].health, wait)
+            self._start_nginx(binary, conf, deployment, wait)
+            self._save()
+        except StartFailed as failure:
+            self.say(f"up failed: {failure}; rolling back")
+            self.stop_processes(self.processes, deployment.stop_order())
+            self.state_file.unlink(missing_ok=True)
+            return 1, None
+        self.say(
+            f"up: nginx on http://{deployment.nginx.host}:{deployment.nginx.port} in front "
+            f"of {len(self.processes) - 1} workers; logs in {self.state_dir}"
+        )
+        return 0, deployment
+
+    def _blocked_ports(self, deployment: Deployment) -> list[str]:
+        wanted = [("nginx.port", deployment.nginx.host, deployment.nginx.port)]
+        for name, server in deployment.servers.items():
+            wanted += [(f"servers.{name}", "127.0.0.1", port) for port in server.ports()]
+        lines = []
+        for who, host, port in wanted:
+            state = inspect(host, port, record_alive_and_ours=False)
+            if state is not PortState.FREE:
+                owner = port_owner(port) or "another process"
+                lines.append(f"port {port} ({who}) is {state.value}: held by {owner}")
+        return lines
+
+    def _write_nginx(self, deployment: Deployment, binary: str) -> Path:
+        prepare_prefix(self.prefix)
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(render_nginx(deployment, self.prefix))
+        validate_nginx(binary, conf, self.prefix)
+        return conf
+
+    def _command(self, server: ServerSpec, port: int) -> list[str]:
+        if server.config is not None:
+            return [
+                sys.executable,
+                "-m",
+                "proxyfleet",
+                "serve",
+                "--config",
+                str(server.config),
+                "--port",
+                str(port),
+            ]
+        assert server.command is not None
+        return [part.replace("{port}", str(port)) for part in server.command]
+
+    def _spawn(self, role: str, name: str, port: int, command: list[str]) -> Process:
+        log = self.state_dir / f"{name}_{port}.log"
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with log.open("ab") as handle:
+            try:
+                popen = subprocess.Popen(
+                    command,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    cwd=self.deploy_path.parent,
+                )
+            except OSError as exc:
+                raise StartFailed(f"{name} on port {port}: cannot run {command[0]}: {exc}") from exc
+        ticks = process_start_ticks(popen.pid) or 0
+        process = Process(role, name, port, popen.pid, ticks, str(log))
+        self._popen[popen.pid] = popen
+        self.processes.append(process)
+        return process
+
+    def _start_worker(self, name: str, server: ServerSpec, port: int) -> None:
+        self._spawn("worker", name, port, self._command(server, port))
+
+    def _wait_healthy(self, process: Process, path: str, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        popen = self._popen[process.pid]
+        while time.monotonic() < deadline:
+            if popen.poll() is not None:
+                raise StartFailed(
+                    f"{process.server} on port {process.port} exited with code "
+                    f"{popen.returncode}; its log ends:\n{_tail(process.log)}"
+                )
+            if _healthy(process.port, path):
+                return
+            time.sleep(0.05)
+        raise StartFailed(
+            f"{process.server} on port {process.port} did not answer {path} within {wait:g}s"
+        )
+
+    def _start_nginx(self, binary: str, conf: Path, deployment: Deployment, wait: float) -> None:
+        command = [binary, "-p", str(self.prefix), "-c", str(conf), "-g", "daemon off;"]
+        process = self._spawn("nginx", "nginx", deployment.nginx.port, command)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self._popen[process.pid].poll() is not None:
+                raise StartFailed(f"nginx exited; its log ends:\n{_tail(process.log)}")
+            if _listening(deployment.nginx.port):
+                return
+            time.sleep(0.05)
+        raise StartFailed(f"nginx did not listen on port {deployment.nginx.port} in {wait:g}s")
+
+    # -- down ----------------------------------------------------------------------------------
+    def stop_processes(
+        self, processes: list[Process], order: list[str], timeout: float = 10.0
+    ) -> list[Process]:
+        """nginx first, then servers in ``order``; returns the processes left alive (none)."""
+        groups = [[p for p in processes if p.role == "nginx"]]
+        groups += [
+            [p for p in processes if p.role == "worker" and p.server == name] for name in order
+        ]
+        for group in groups:
+            live = [p for p in group if p.alive()]
+            for p in live:
+                _killpg(p.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while any(self._alive(p) for p in live) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for p in live:
+                if self._alive(p):
+                    self.say(f"{p.server} (pid {p.pid}) ignored SIGTERM for {timeout:g}s; SIGKILL")
+                    _killpg(p.pid, signal.SIGKILL)
+            for p in live:
+                end = time.monotonic() + 5
+                while self._alive(p) and time.monotonic() < end:
+                    time.sleep(0.02)
+        return [p for p in processes if self._alive(p)]
+
+    def _alive(self, process: Process) -> bool:
+        popen = self._popen.get(process.pid)
+        if popen is not None and popen.poll() is not None:
+            return False  # our child, reaped
+        return process.alive()
+
+    def down(self, timeout: float = 10.0) -> int:
+        processes, supervisor = self.load_state()
+        if not processes and supervisor is None:
+            self.say(f"{self.deploy_path.name} is not up")
+            return 0
+        if supervisor is not None and supervisor[0] != os.getpid():
+            pid, ticks = supervisor
+            if process_start_ticks(pid) == ticks:  # a foreground 'up': let it shut down itself
+                _killpg_or_kill(pid, signal.SIGTERM)
+                end = time.monotonic() + timeout + 10
+                while process_start_ticks(pid) == ticks and time.monotonic() < end:
+                    time.sleep(0.05)
+        try:
+            order = load_deployment(self.deploy_path).stop_order()
+        except ConfigError:  # the file changed or went away: the recorded order, core last
+            order = list(dict.fromkeys(p.server for p in processes if p.role == "worker"))
+        left = self.stop_processes(processes, order, timeout)
+        self.state_file.unlink(missing_ok=True)
+        if left:
+            self.say(
+                f"down: {len(left)} process(es) survived SIGKILL: "
+                + ", ".join(f"{p.server} pid {p.pid}" for p in left)
+            )
+            return 1
+        self.say(f"down: stopped {len(processes)} processes")
+        return 0
+
+
+def _killpg(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _killpg_or_kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Supervisor:
+    """A foreground ``up``: handlers only record the signal; this loop acts on it."""
+
+    def __init__(self, manager: Manager, deployment: Deployment) -> None:
+        self.manager = manager
+        self.deployment = deployment
+        self.signals: list[int] = []
+        self._reported: set[int] = set()
+
+    def _record(self, sig: int, _frame: object) -> None:
+        self.signals.append(sig)
+
+    def run(self, tick: Callable[[], None] | None = None) -> int:
+        previous = {s: signal.signal(s, self._record) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self.signals:
+                self._report_deaths()
+                if tick is not None:
+                    tick()
+                time.sleep(0.2)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.manager.say("stopping: nginx, then the servers, the core last")
+        left = self.manager.stop_processes(self.manager.processes, self.deployment.stop_order())
+        self.manager.state_file.unlink(missing_ok=True)
+        return 1 if left else 0
+
+    def _report_deaths(self) -> None:
+        for process in self.manager.processes:
+            popen = self.manager._popen.get(process.pid)
+            if popen is not None and popen.poll() is not None and process.pid not in self._reported:
+                self._reported.add(process.pid)
+                self.manager.say(
+                    f"{process.server} on port {process.port} exited with code "
+                    f"{popen.returncode}; see {process.log}"
+                )

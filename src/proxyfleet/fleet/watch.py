@@ -1,0 +1,128 @@
+"""``up --watch``: a change to the deployment file, or to a proxyfleet config it names, is
+re-validated and applied: nginx re-rendered, checked and reloaded, and only the servers whose
+definition or config changed restarted. Debounced; an invalid change is reported and the
+running fleet keeps going unchanged. Only the watched files trigger it, never our own output.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from proxyfleet.config import load_config, resolve_backends
+from proxyfleet.errors import ConfigError
+from proxyfleet.fleet.deploy import Deployment, load_deployment
+from proxyfleet.fleet.manager import Manager, StartFailed, Supervisor
+from proxyfleet.fleet.nginx import find_nginx, render_nginx, validate_nginx
+
+__all__ = ["Watcher", "changed_servers"]
+
+
+def changed_servers(
+    old: Deployment, new: Deployment, touched_configs: set[Path]
+) -> tuple[set[str], set[str], set[str]]:
+    """(restart, add, remove): pure, from the two deployments and the configs that changed."""
+    restart = {
+        name
+        for name in old.servers.keys() & new.servers.keys()
+        if old.servers[name] != new.servers[name]
+        or (new.servers[name].config is not None and new.servers[name].config in touched_configs)
+    }
+    return restart, set(new.servers) - set(old.servers), set(old.servers) - set(new.servers)
+
+
+def _mtimes(paths: list[Path]) -> dict[Path, float]:
+    out = {}
+    for path in paths:
+        try:
+            out[path] = path.stat().st_mtime_ns / 1e9
+        except OSError:
+            out[path] = -1.0
+    return out
+
+
+class Watcher:
+    def __init__(self, manager: Manager, supervisor: Supervisor, debounce: float = 0.3) -> None:
+        self.manager = manager
+        self.supervisor = supervisor
+        self.debounce = debounce
+        self._seen = _mtimes(self._paths(supervisor.deployment))
+        self._pending: float | None = None
+        self._touched: set[Path] = set()
+
+    def _paths(self, deployment: Deployment) -> list[Path]:
+        configs = [s.config for s in deployment.servers.values() if s.config is not None]
+        return [self.manager.deploy_path, *configs]
+
+    def tick(self) -> None:
+        now = _mtimes(self._paths(self.supervisor.deployment))
+        if now != self._seen:
+            self._touched |= {p for p in now if now[p] != self._seen.get(p)}
+            self._seen = now
+            self._pending = time.monotonic()
+            return
+        if self._pending is not None and time.monotonic() - self._pending >= self.debounce:
+            self._pending = None
+            touched, self._touched = self._touched, set()
+            self.apply(touched)
+
+    def apply(self, touched: set[Path]) -> bool:
+        say = self.manager.say
+        old = self.supervisor.deployment
+        try:
+            new = load_deployment(self.manager.deploy_path)
+            for server in new.servers.values():
+                if server.config is not None:
+                    resolve_backends(load_config(server.config))
+            binary = find_nginx(new.nginx.binary)
+            check = self.manager.prefix / "nginx-next.conf"
+            check.write_text(render_nginx(new, self.manager.prefix))
+            validate_nginx(binary, check, self.manager.prefix)
+        except ConfigError as error:
+            say(f"change refused, the fleet keeps running unchanged: {error}")
+            return False
+        restart, add, remove = changed_servers(old, new, touched)
+        try:
+            self._restart(new, restart | add, remove)
+        except StartFailed as failure:
+            say(f"change failed while restarting servers: {failure}")
+            return False
+        check.replace(self.manager.prefix / "nginx.conf")
+        result = subprocess.run(
+            [
+                binary,
+                "-p",
+                str(self.manager.prefix),
+                "-c",
+                str(self.manager.prefix / "nginx.conf"),
+                "-s",
+                "reload",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if result.returncode != 0:
+            say(f"nginx reload failed: {result.stderr.strip()}")
+            return False
+        self.supervisor.deployment = new
+        self.manager._save()
+        self._seen = _mtimes(self._paths(new))
+        changed = ", ".join(sorted(restart | add | remove)) or "none"
+        say(f"change applied: nginx reloaded; servers restarted or changed: {changed}")
+        return True
+
+    def _restart(self, new: Deployment, start: set[str], remove: set[str]) -> None:
+        manager = self.manager
+        going = [p for p in manager.processes if p.role == "worker" and p.server in start | remove]
+        manager.stop_processes(going, sorted(start | remove))
+        manager.processes = [p for p in manager.processes if p not in going]
+        started = []
+        for name in sorted(start):
+            server = new.servers[name]
+            for port in server.ports():
+                manager._start_worker(name, server, port)
+                started.append((manager.processes[-1], server.health))
+        for process, health in started:
+            manager._wait_healthy(process, health, 30.0)

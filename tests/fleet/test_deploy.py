@@ -1,0 +1,78 @@
+"""The deployment model: every validation rule, with the field and both users of a port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxyfleet.errors import ConfigError
+from proxyfleet.fleet.deploy import load_deployment
+
+BASE = {
+    "nginx": {"port": 8000},
+    "servers": {
+        "core": {"port": 8003, "config": "core.yaml", "routes": ["/"]},
+        "broker": {"port": 8001, "instances": 2, "command": ["app", "--port", "{port}"],
+                   "routes": ["/api/v1/broker"], "websocket_routes": ["/api/v1/broker/ws"]},
+    },
+    "routing": {"core": "core"},
+}
+
+
+def _load(tmp_path: Path, data: dict[str, object]):  # type: ignore[no-untyped-def]
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(data))  # keys sorted: broker comes before core
+    return load_deployment(path)
+
+
+def _with(**changes: object) -> dict[str, object]:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return data  # type: ignore[no-any-return]
+
+
+def test_valid_deployment(tmp_path: Path) -> None:
+    deployment = _load(tmp_path, BASE)
+    assert deployment.servers["core"].config == tmp_path / "core.yaml"  # relative to the file
+    assert deployment.servers["broker"].ports() == [8001, 8002]
+    assert deployment.stop_order() == ["broker", "core"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "reason"),
+    [
+        ({"servers__core__port": 8002}, "servers.core.port",
+         "port 8002 is used by both servers.broker (instance 2) and servers.core"),
+        ({"nginx__port": 8001}, "servers.broker.port",
+         "port 8001 is used by both nginx.port and servers.broker (instance 1)"),
+        ({"servers__broker__port": 70000}, "servers.broker.port", "less than or equal to 65535"),
+        ({"servers__broker__instances": 0}, "servers.broker.instances", "greater than or equal"),
+        ({"routing__core": "missing"}, "routing.core", "'missing' is not one of the servers"),
+        ({"routing": None}, "routing", "Field required"),
+        ({"servers__core__command": ["x"]}, "servers.core", "exactly one of 'config'"),
+        ({"servers__core__config": None}, "servers.core", "exactly one of 'config'"),
+        ({"servers__core__routes": ["/api/v1/broker"]}, "servers.core.routes",
+         "route /api/v1/broker is claimed by both servers.broker and servers.core"),
+        ({"servers__core__routes": ["no-slash"]}, "servers.core.routes.0", "should match"),
+        ({"servers__broker__health": "health"}, "servers.broker.health", "should match"),
+        ({"servers__core__extra": 1}, "servers.core.extra", "unknown key"),
+        ({"routing__strategy": "header"}, "routing.strategy", "'path' or 'query'"),
+        ({"servers": {}}, "servers", "at least 1 item"),
+    ],
+)
+def test_invalid(tmp_path: Path, changes: dict[str, object], field: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, _with(**changes))
+    assert info.value.field == field
+    assert reason in info.value.reason
+    assert info.value.source.endswith("deploy.yaml")
