@@ -14,8 +14,13 @@ BASE = {
     "nginx": {"port": 8000},
     "servers": {
         "core": {"port": 8003, "config": "core.yaml", "routes": ["/"]},
-        "broker": {"port": 8001, "instances": 2, "command": ["app", "--port", "{port}"],
-                   "routes": ["/api/v1/broker"], "websocket_routes": ["/api/v1/broker/ws"]},
+        "broker": {
+            "port": 8001,
+            "instances": 2,
+            "command": ["app", "--port", "{port}"],
+            "routes": ["/api/v1/broker"],
+            "websocket_routes": ["/api/v1/broker/ws"],
+        },
     },
     "routing": {"core": "core"},
 }
@@ -51,18 +56,27 @@ def test_valid_deployment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "field", "reason"),
     [
-        ({"servers__core__port": 8002}, "servers.core.port",
-         "port 8002 is used by both servers.broker (instance 2) and servers.core"),
-        ({"nginx__port": 8001}, "servers.broker.port",
-         "port 8001 is used by both nginx.port and servers.broker (instance 1)"),
+        (
+            {"servers__core__port": 8002},
+            "servers.core.port",
+            "port 8002 is used by both servers.broker (instance 2) and servers.core",
+        ),
+        (
+            {"nginx__port": 8001},
+            "servers.broker.port",
+            "port 8001 is used by both nginx.port and servers.broker (instance 1)",
+        ),
         ({"servers__broker__port": 70000}, "servers.broker.port", "less than or equal to 65535"),
         ({"servers__broker__instances": 0}, "servers.broker.instances", "greater than or equal"),
         ({"routing__core": "missing"}, "routing.core", "'missing' is not one of the servers"),
         ({"routing": None}, "routing", "Field required"),
         ({"servers__core__command": ["x"]}, "servers.core", "exactly one of 'config'"),
         ({"servers__core__config": None}, "servers.core", "exactly one of 'config'"),
-        ({"servers__core__routes": ["/api/v1/broker"]}, "servers.core.routes",
-         "route /api/v1/broker is claimed by both servers.broker and servers.core"),
+        (
+            {"servers__core__routes": ["/api/v1/broker"]},
+            "servers.core.routes",
+            "route /api/v1/broker is claimed by both servers.broker and servers.core",
+        ),
         ({"servers__core__routes": ["no-slash"]}, "servers.core.routes.0", "should match"),
         ({"servers__broker__health": "health"}, "servers.broker.health", "should match"),
         ({"servers__core__extra": 1}, "servers.core.extra", "unknown key"),

@@ -19,19 +19,30 @@ LAYOUTS = {
         "nginx": {"port": 18000, "worker_processes": 2, "worker_connections": 512},
         "servers": {
             "core": {"port": 18003, "config": "core.yaml", "routes": ["/"], "health": "/ready"},
-            "broker": {"port": 18001, "instances": 2, "command": ["app", "{port}"],
-                       "routes": ["/api/v1/broker", "/api/v1/broker/orders"],
-                       "websocket_routes": ["/api/v1/broker/ws"]},
+            "broker": {
+                "port": 18001,
+                "instances": 2,
+                "command": ["app", "{port}"],
+                "routes": ["/api/v1/broker", "/api/v1/broker/orders"],
+                "websocket_routes": ["/api/v1/broker/ws"],
+            },
         },
         "routing": {"core": "core"},
     },
     "query": {
         "nginx": {"port": 18100},
         "servers": {
-            "core": {"port": 18103, "command": ["core", "{port}"], "routes": ["/"],
-                     "websocket_routes": ["/api/v1/ws"]},
-            "datafeed": {"port": 18101, "command": ["feed", "{port}"],
-                         "routes": ["/api/v1/datafeed"]},
+            "core": {
+                "port": 18103,
+                "command": ["core", "{port}"],
+                "routes": ["/"],
+                "websocket_routes": ["/api/v1/ws"],
+            },
+            "datafeed": {
+                "port": 18101,
+                "command": ["feed", "{port}"],
+                "routes": ["/api/v1/datafeed"],
+            },
         },
         "routing": {"strategy": "query", "query_param": "type", "core": "core"},
     },

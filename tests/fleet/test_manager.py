@@ -1,0 +1,244 @@
+"""Multi-process mode with real processes and real nginx: up, routing, down, rollback, watch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+import yaml
+
+from tests.conftest import Processes, cli_env, run_cli
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("nginx") is None
+    and not Path("/usr/sbin/nginx").exists()
+    and os.environ.get("CI") != "true",
+    reason="needs nginx: apt-get install nginx-light",
+)
+
+
+def _ports(n: int) -> list[int]:
+    """n consecutive free ports (a server's instances take port, port+1, …)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + n > 65000:
+            continue
+        free = True
+        for port in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    free = False
+                    break
+        if free:
+            return list(range(base, base + n))
+    raise RuntimeError("no run of free ports")
+
+
+def _mock(name: str) -> list[str]:
+    # through sh, so that every worker has a grandchild: down must stop those too
+    return ["sh", "-c", f"{sys.executable} -m proxyfleet mock --port {{port}} --name {name} & wait"]
+
+
+@pytest.fixture
+def layout(tmp_path: Path, procs: Processes) -> Iterator[dict[str, Any]]:
+    ports = _ports(7)
+    upstream = procs.mock("--name", "upstream")
+    (tmp_path / "core.yaml").write_text(yaml.safe_dump({"pool": {"upstreams": [upstream.url]}}))
+    data = {
+        "nginx": {"port": ports[0]},
+        "servers": {
+            "core": {
+                "port": ports[1],
+                "instances": 2,
+                "config": "core.yaml",
+                "routes": ["/"],
+                "health": "/ready",
+            },
+            "broker": {
+                "port": ports[3],
+                "instances": 2,
+                "command": _mock("broker"),
+                "routes": ["/v1/broker"],
+            },
+            "datafeed": {
+                "port": ports[5],
+                "instances": 2,
+                "command": _mock("datafeed"),
+                "routes": ["/v1/datafeed"],
+                "websocket_routes": ["/v1/responses"],
+            },
+        },
+        "routing": {"core": "core"},
+    }
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {"PROXYFLEET_RUNTIME_DIR": str(tmp_path / "runtime")}
+    yield {"deploy": deploy, "data": data, "env": env, "ports": ports, "upstream": upstream}
+    run_cli("down", "-f", str(deploy), env=env)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def _get(port: int, path: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return json.load(response)  # type: ignore[no-any-return]
+
+
+def _group_pids(pids: list[int]) -> set[int]:
+    """Every process in the process groups led by ``pids`` (children and grandchildren)."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) in pids and fields[0] != "Z":
+                out.add(int(entry.name))
+    return out
+
+
+def test_up_routes_rest_and_websocket_then_down_leaves_nothing(layout: dict[str, Any]) -> None:
+    deploy, env, ports = layout["deploy"], layout["env"], layout["ports"]
+    up = run_cli("up", "-f", str(deploy), "--detach", env=env, timeout=90)
+    assert up.returncode == 0, up.stdout + up.stderr
+    nginx = ports[0]
+    assert _get(nginx, "/v1/broker/orders")["mock"] == "broker"
+    assert _get(nginx, "/v1/datafeed/ticks")["mock"] == "datafeed"
+    assert _get(nginx, "/v1/anything")["mock"] == "upstream"  # core: a proxyfleet gateway
+    seen = {_get(nginx, "/v1/broker/x")["mock"] for _ in range(4)}
+    assert seen == {"broker"}
+
+    async def websocket() -> str:
+        async with websockets.connect(f"ws://127.0.0.1:{nginx}/v1/responses") as ws:
+            await ws.send(json.dumps({"type": "response.create", "model": "m", "input": "hi"}))
+            while (event := json.loads(await ws.recv()))["type"] != "response.completed":
+                pass
+            return str(event["type"])
+
+    assert asyncio.run(websocket()) == "response.completed"
+    datafeed_ws = sum(
+        sum(1 for r in _get(port, "/mock/stats")["recent"] if r["path"] == "/v1/responses")
+        for port in (ports[5], ports[6])
+    )
+    assert datafeed_ws == 1  # the WebSocket reached a datafeed instance
+    ps = run_cli("ps", "-f", str(deploy), env=env).stdout
+    assert ps.count("running") == 7
+    state = json.loads(
+        next(Path(env["PROXYFLEET_RUNTIME_DIR"]).glob("deploy-*/state.json")).read_text()
+    )
+    leaders = [p["pid"] for p in state["processes"]]
+    everyone = _group_pids(leaders)
+    assert len(everyone) > len(leaders)  # the sh wrappers' mocks, nginx's worker
+    down = run_cli("down", "-f", str(deploy), env=env, timeout=60)
+    assert down.returncode == 0, down.stdout
+    assert "down: stopped 7 processes" in down.stdout
+    time.sleep(0.2)
+    assert not _group_pids(leaders)
+    assert all(
+        not Path(f"/proc/{pid}").exists()
+        or (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+        for pid in everyone
+    )
+    assert run_cli("ps", "-f", str(deploy), env=env).stdout.strip() == "not up"
+
+
+def test_a_blocked_port_fails_up_with_nothing_running(layout: dict[str, Any]) -> None:
+    deploy, env, ports = layout["deploy"], layout["env"], layout["ports"]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports[4]))  # broker's second instance
+        holder.listen()
+        up = run_cli("up", "-f", str(deploy), "--detach", env=env, timeout=60)
+    assert up.returncode == 1
+    assert f"port {ports[4]} (servers.broker) is foreign" in up.stdout
+    assert "not starting anything" in up.stdout
+    assert not [p for p in ports if _listening(p)]  # nothing was started
+
+
+def test_a_worker_that_never_gets_healthy_rolls_everything_back(layout: dict[str, Any]) -> None:
+    deploy, env, data = layout["deploy"], layout["env"], layout["data"]
+    data["servers"]["broker"]["health"] = "/no-such-path"
+    deploy.write_text(yaml.safe_dump(data, sort_keys=False))
+    up = run_cli("up", "-f", str(deploy), "--detach", "--wait", "3", env=env, timeout=60)
+    assert up.returncode == 1
+    assert "did not answer /no-such-path" in up.stdout
+    assert "rolling back" in up.stdout
+    time.sleep(0.2)
+    assert not [p for p in layout["ports"] if _listening(p)]  # nothing left listening
+
+
+def test_foreground_up_stops_everything_on_ctrl_c_and_watches(layout: dict[str, Any]) -> None:
+    deploy, env, data, ports = layout["deploy"], layout["env"], layout["data"], layout["ports"]
+    log = deploy.parent / "up.log"
+    with log.open("wb") as handle:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "proxyfleet", "up", "-f", str(deploy), "--watch"],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=cli_env(env),
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "running in the foreground" not in log.read_text():
+            assert up.poll() is None, log.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        nginx = ports[0]
+        # a valid change: a new route for the broker, applied within 2 s
+        data["servers"]["broker"]["routes"] = ["/v1/broker", "/v1/orders"]
+        deploy.write_text(yaml.safe_dump(data, sort_keys=False))
+        changed = time.monotonic()
+        while True:
+            try:
+                if _get(nginx, "/v1/orders/1")["mock"] == "broker":
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() - changed < 2.0 + 3.0, log.read_text()  # 2 s + a worker restart
+            time.sleep(0.05)
+        assert "change applied" in log.read_text()
+        # an invalid change: refused, and the fleet keeps serving as it was
+        data["servers"]["datafeed"]["port"] = ports[3]
+        deploy.write_text(yaml.safe_dump(data, sort_keys=False))
+        end = time.monotonic() + 5
+        while "change refused" not in log.read_text():
+            assert time.monotonic() < end, log.read_text()
+            time.sleep(0.05)
+        assert "port " in log.read_text().split("change refused")[1]
+        assert _get(nginx, "/v1/datafeed/x")["mock"] == "datafeed"
+        state = json.loads(
+            next(Path(env["PROXYFLEET_RUNTIME_DIR"]).glob("deploy-*/state.json")).read_text()
+        )
+        leaders = [p["pid"] for p in state["processes"]]
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0, log.read_text()
+        time.sleep(0.2)
+        assert not _group_pids(leaders)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
