@@ -90,3 +90,17 @@ def test_invalid(tmp_path: Path, changes: dict[str, object], field: str, reason:
     assert info.value.field == field
     assert reason in info.value.reason
     assert info.value.source.endswith("deploy.yaml")
+
+
+def test_only_what_processes_run_with_restarts_them(tmp_path: Path) -> None:
+    from proxyfleet.fleet.watch import changed_servers
+
+    old = _load(tmp_path, BASE)
+    routes = _load(tmp_path, _with(servers__broker__routes=["/api/v1/broker", "/x"]))
+    assert changed_servers(old, routes, set()) == (set(), set(), set())
+    moved = _load(tmp_path, _with(servers__broker__port=9001))
+    assert changed_servers(old, moved, set()) == ({"broker"}, set(), set())
+    assert changed_servers(old, old, {tmp_path / "core.yaml"}) == ({"core"}, set(), set())
+    grown = _with()
+    grown["servers"]["feed"] = {"port": 9100, "command": ["f"], "routes": ["/feed"]}  # type: ignore[index]
+    assert changed_servers(old, _load(tmp_path, grown), set()) == (set(), {"feed"}, set())

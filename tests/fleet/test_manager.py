@@ -218,9 +218,11 @@ def test_foreground_up_stops_everything_on_ctrl_c_and_watches(layout: dict[str, 
                     break
             except OSError:
                 pass
-            assert time.monotonic() - changed < 2.0 + 3.0, log.read_text()  # 2 s + a worker restart
+            assert time.monotonic() - changed < 2.0, log.read_text()
             time.sleep(0.05)
-        assert "change applied" in log.read_text()
+        assert "change applied: nginx reloaded; servers restarted or changed: none" in (
+            log.read_text()
+        )  # a route change only reloads nginx
         # an invalid change: refused, and the fleet keeps serving as it was
         data["servers"]["datafeed"]["port"] = ports[3]
         deploy.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -22,11 +22,19 @@ __all__ = ["Watcher", "changed_servers"]
 def changed_servers(
     old: Deployment, new: Deployment, touched_configs: set[Path]
 ) -> tuple[set[str], set[str], set[str]]:
-    """(restart, add, remove): pure, from the two deployments and the configs that changed."""
+    """(restart, add, remove): pure, from the two deployments and the configs that changed.
+
+    Only what the processes run with (port, instances, config, command, or the config file's
+    content) restarts a server; routes and health paths only need nginx reloaded."""
+
+    def runs_as(name: str, d: Deployment) -> tuple[object, ...]:
+        s = d.servers[name]
+        return (s.port, s.instances, s.config, s.command)
+
     restart = {
         name
         for name in old.servers.keys() & new.servers.keys()
-        if old.servers[name] != new.servers[name]
+        if runs_as(name, old) != runs_as(name, new)
         or (new.servers[name].config is not None and new.servers[name].config in touched_configs)
     }
     return restart, set(new.servers) - set(old.servers), set(old.servers) - set(new.servers)
