@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from proxyfleet.fleet.portguard import (
     is_ready,
     port_owner,
 )
-from proxyfleet.fleet.records import InstanceFiles, InstanceRecord, read_record
+from proxyfleet.fleet.records import InstanceFiles, InstanceRecord, read_record, spawn_logged
 
 __all__ = ["Fleet", "InstanceStatus"]
 
@@ -116,14 +115,7 @@ class Fleet:
         ]
         with files.log.open("ab") as log:
             log.write(f"--- proxyfleet start on port {port} at {time.ctime()}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        proc = spawn_logged(command, files.log)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if proc.poll() is not None:

@@ -28,7 +28,7 @@ from proxyfleet.errors import ConfigError
 from proxyfleet.fleet.deploy import Deployment, ServerSpec, load_deployment
 from proxyfleet.fleet.nginx import find_nginx, prepare_prefix, render_nginx, validate_nginx
 from proxyfleet.fleet.portguard import PortState, inspect, port_owner
-from proxyfleet.fleet.records import process_start_ticks
+from proxyfleet.fleet.records import process_start_ticks, spawn_logged
 
 __all__ = ["Manager", "Process"]
 
@@ -187,18 +187,10 @@ class Manager:
     def _spawn(self, role: str, name: str, port: int, command: list[str]) -> Process:
         log = self.state_dir / f"{name}_{port}.log"
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with log.open("ab") as handle:
-            try:
-                popen = subprocess.Popen(
-                    command,
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    cwd=self.deploy_path.parent,
-                )
-            except OSError as exc:
-                raise StartFailed(f"{name} on port {port}: cannot run {command[0]}: {exc}") from exc
+        try:
+            popen = spawn_logged(command, log, self.deploy_path.parent)
+        except OSError as exc:
+            raise StartFailed(f"{name} on port {port}: cannot run {command[0]}: {exc}") from exc
         ticks = process_start_ticks(popen.pid) or 0
         process = Process(role, name, port, popen.pid, ticks, str(log))
         self._popen[popen.pid] = popen

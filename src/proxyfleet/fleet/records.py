@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -19,8 +20,24 @@ __all__ = [
     "default_runtime_dir",
     "process_start_ticks",
     "read_record",
+    "spawn_logged",
     "write_record",
 ]
+
+
+def spawn_logged(command: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``command`` detached in a process group of its own, output appended to ``log``.
+
+    The group lets a stop reach the process and every child it starts."""
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=cwd,
+        )
 
 
 def default_runtime_dir() -> Path:

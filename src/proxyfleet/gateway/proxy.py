@@ -74,6 +74,18 @@ class Forwarder:
         self._retries = retries
         self._strip_client_auth = strip_client_auth
 
+    async def _lease(self, rid: str, tried: list[str], last: GatewayError | None) -> Lease:
+        """A lease on a backend not tried yet; when none is left, the last failure is the
+        answer rather than "no healthy backend"."""
+        try:
+            lease = await self._pool.acquire(rid, exclude=tried)
+        except NoHealthyBackend:
+            if last is not None:
+                raise last from None
+            raise
+        self._metrics.lease_wait.observe(lease.wait_seconds)
+        return lease
+
     async def forward(
         self,
         scope: Scope,
@@ -90,13 +102,7 @@ class Forwarder:
         tried: list[str] = []
         last: GatewayError | None = None
         for attempt in range(self._retries + 1):
-            try:
-                lease = await self._pool.acquire(rid, exclude=tried)
-            except NoHealthyBackend:
-                if last is not None:
-                    raise last from None
-                raise
-            self._metrics.lease_wait.observe(lease.wait_seconds)
+            lease = await self._lease(rid, tried, last)
             try:
                 async with lease:
                     sent.backend = lease.backend.id
@@ -129,12 +135,7 @@ class Forwarder:
         tried: list[str] = []
         last: GatewayError | None = None
         for attempt in range(self._retries + 1):
-            try:
-                lease = await self._pool.acquire(rid, exclude=tried)
-            except NoHealthyBackend:
-                if last is not None:
-                    raise last from None
-                raise
+            lease = await self._lease(rid, tried, last)
             backend = lease.backend
             headers = upstream_headers(
                 scope["headers"], backend.headers, rid, strip_client_auth=self._strip_client_auth
