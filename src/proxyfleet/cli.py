@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -49,6 +50,8 @@ _SERVE_FIELDS = {
     "log_level": "log.level",
     "log_format": "log.format",
     "access_log": "log.access",
+    "debug": "debug.enabled",
+    "debug_dir": "debug.dir",
 }
 
 
@@ -115,6 +118,19 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=["json", "text"])
     parser.add_argument(
         "--access-log", action="store_true", default=None, help="log one JSON line per request"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=None,
+        help="debug mode: per-category JSONL timing logs and stress detection "
+        "(also DEBUG_MODE=true)",
+    )
+    parser.add_argument(
+        "--debug-dir",
+        type=Path,
+        metavar="DIR",
+        help="where debug logs go (default ./debug_logs; also DEBUG_LOG_DIR)",
     )
 
 
@@ -235,6 +251,48 @@ def _add_deploy_commands(commands: Any) -> None:
     render.add_argument("--validate", action="store_true", help="check it with the real nginx -t")
 
 
+def _add_debug_commands(commands: Any) -> None:
+    debug = commands.add_parser("debug", help="read debug-mode logs: summary, correlate, tail")
+    actions = debug.add_subparsers(dest="debug_command", metavar="ACTION", required=True)
+    summary = actions.add_parser(
+        "summary", help="per-category counts, slowest requests, stress timeline"
+    )
+    summary.add_argument("dir", type=Path)
+    summary.add_argument("--slowest", type=int, default=10)
+    correlate = actions.add_parser(
+        "correlate",
+        help="join two systems' logs: by request id, then by time",
+        description="Pair the entries of two debug directories (say the gateway's and an "
+        "orchestrator's): entries sharing a request_id first, then what is left by "
+        "the nearest timestamp within --within.",
+    )
+    correlate.add_argument("dir_a", type=Path)
+    correlate.add_argument("dir_b", type=Path)
+    correlate.add_argument(
+        "--within",
+        default="1s",
+        help="time window for pairs without a shared request id (1s, 250ms)",
+    )
+    tail = actions.add_parser("tail", help="the latest entries, merged by time")
+    tail.add_argument("dir", type=Path)
+    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
+    tail.add_argument(
+        "--for",
+        dest="seconds",
+        type=float,
+        metavar="SECONDS",
+        help="with -f: stop after this long (default: until Ctrl+C)",
+    )
+    tail.add_argument(
+        "--category",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only these categories (repeatable)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxyfleet",
@@ -309,9 +367,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="answer /v1/responses with 404, like a Chat-Completions-only provider",
     )
+    mock.add_argument(
+        "--debug-dir",
+        type=Path,
+        metavar="DIR",
+        help="write the mock's own debug log (requests by X-Request-ID) there",
+    )
 
     _add_fleet_commands(commands)
     _add_deploy_commands(commands)
+    _add_debug_commands(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -474,7 +539,7 @@ def _mock(args: argparse.Namespace) -> int:
         name=args.name,
     )
     bind(args.host, args.port, "mock").close()  # a busy port is a clear error, not a traceback
-    uvloop.run(serve_mock(args.host, args.port, settings))
+    uvloop.run(serve_mock(args.host, args.port, settings, args.debug_dir))
     return 0
 
 
@@ -544,6 +609,44 @@ def _nginx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    value = text.strip().lower()
+    try:
+        if value.endswith("ms"):
+            return float(value[:-2]) / 1000
+        return float(value.removesuffix("s"))
+    except ValueError as exc:
+        raise ConfigError("flag --within", text, "a duration such as 1s or 250ms") from exc
+
+
+def _debug(args: argparse.Namespace) -> int:
+    from proxyfleet.debuglog import reader
+
+    if args.debug_command == "summary":
+        print(reader.summary(reader.load(args.dir), args.slowest))
+    elif args.debug_command == "correlate":
+        pairs = reader.correlate(
+            reader.load(args.dir_a), reader.load(args.dir_b), _seconds(args.within)
+        )
+        for pair in pairs:
+            print(pair.describe())
+        by_id = sum(1 for p in pairs if p.by == "request_id")
+        print(f"{len(pairs)} pairs: {by_id} by request id, {len(pairs) - by_id} by time")
+    else:
+        entries = reader.load(args.dir, args.category)
+        for entry in entries[-args.lines :] if args.lines else []:
+            print(entry.describe())
+        if args.follow:
+            end = time.monotonic() + args.seconds if args.seconds else None
+            reader.follow(
+                args.dir,
+                args.category,
+                lambda line: print(line, flush=True),
+                lambda: end is not None and time.monotonic() >= end,
+            )
+    return 0
+
+
 _COMMANDS = {
     "serve": _serve,
     "config": _config,
@@ -558,6 +661,7 @@ _COMMANDS = {
     "ps": _ps,
     "down": _down,
     "nginx": _nginx,
+    "debug": _debug,
 }
 
 

@@ -98,3 +98,14 @@ def test_unreadable_and_missing_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match="UTF-8"):
         load_config(binary)
+
+
+def test_debug_mode_variables() -> None:
+    config = load_config(None, env={"DEBUG_MODE": "true", "DEBUG_LOG_DIR": "/tmp/dl"})
+    assert config.debug.enabled
+    assert str(config.debug.dir) == "/tmp/dl"
+    wins = load_config(None, env={"DEBUG_MODE": "true", "PROXYFLEET_DEBUG__ENABLED": "false"})
+    assert not wins.debug.enabled
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"DEBUG_MODE": "maybe"})
+    assert info.value.source == "environment variable DEBUG_MODE"

@@ -75,7 +75,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+#: Debug mode's conventional variables, also understood (PROXYFLEET_DEBUG__* win over them).
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "DEBUG_MODE": ("debug", "enabled"),
+    "DEBUG_LOG_DIR": ("debug", "dir"),
+}
+
+
 def _env_layer(layers: _Layers, env: Mapping[str, str]) -> None:
+    for alias, path in _ALIASES.items():
+        if env.get(alias):
+            layers.put(path, yaml.safe_load(env[alias]), f"environment variable {alias}")
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
             continue

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, fi
 __all__ = [
     "BackendConfig",
     "Config",
+    "DebugConfig",
     "LogConfig",
     "PoolConfig",
     "ProbeConfig",
@@ -125,6 +126,21 @@ class LogConfig(_Model):
     format: Literal["json", "text"] = "json"
 
 
+class DebugConfig(_Model):
+    """Debug mode: per-category JSONL timing logs and stress detection (see docs in README)."""
+
+    enabled: bool = False
+    dir: Path = Path("debug_logs")
+    queue_limit: int = Field(default=10_000, gt=0)
+    secret_fields: tuple[str, ...] = ()
+    slow_request: float = Field(default=5.0, gt=0)
+    slow_selection: float = Field(default=2.0, gt=0)
+    slow_requests_per_window: int = Field(default=10, ge=0)
+    provisioning_failures_per_window: int = Field(default=5, ge=0)
+    queue_saturation: float = Field(default=0.8, gt=0, le=1)
+    stress_window: float = Field(default=60.0, gt=0)
+
+
 class Config(_Model):
     """The whole proxyfleet configuration."""
 
@@ -132,3 +148,4 @@ class Config(_Model):
     upstream: UpstreamConfig = UpstreamConfig()
     pool: PoolConfig = PoolConfig()
     log: LogConfig = LogConfig()
+    debug: DebugConfig = DebugConfig()

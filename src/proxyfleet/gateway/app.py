@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -26,11 +27,13 @@ import aiohttp
 
 from proxyfleet import __version__
 from proxyfleet.config.model import Config
+from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.errors import (
     BadRequest,
     ClientGone,
     ConfigError,
     GatewayError,
+    NoHealthyBackend,
     NotFound,
     Overloaded,
     PoolClosed,
@@ -124,6 +127,9 @@ class Gateway:
         self._body_limit = config.server.max_body_bytes
         self._access_log = config.log.access
         self._models_cache: tuple[float, bytes] | None = None
+        self._debug: DebugRecorder | None = None
+        if config.debug.enabled:
+            self._debug = DebugRecorder(config.debug, config.pool.queue_limit)
         provider = config.pool.provider
         self._translate: TranslateOptions | None = None
         if provider.mode == "chat":
@@ -183,6 +189,7 @@ class Gateway:
             self.metrics,
             retries=self.config.pool.retries,
             strip_client_auth=strip,
+            debug=self._debug,
         )
         if self._translate is not None:
             self._chat_ws = ChatWebSocket(self._forwarder, self._translate)
@@ -193,6 +200,14 @@ class Gateway:
         if probe.enabled:
             await self._stack.enter_async_context(Prober(self.pool, self._probe, probe.interval))
         self.state = GatewayState.SERVING
+        if self._debug is not None:
+            self._debug.start(
+                backends=[b.id for b in self.pool.backends],
+                selection=self.config.pool.selection,
+                provider=self.config.pool.provider.mode,
+                listen=f"{server.host}:{server.port}",
+            )
+            self._stack.callback(self._debug.stop)
         event(
             _log,
             "gateway_started",
@@ -286,12 +301,17 @@ class Gateway:
             if not sent.status:
                 sent.status = error.status
                 await send_error(send, error, rid.encode())
+            if self._debug is not None and isinstance(error, NoHealthyBackend):
+                self._debug.no_healthy_backend(rid, len(self.pool.backends))
         except ClientGone:
             sent.status = sent.status or 499
+            sent.gone = True
         except StreamBroken:
             pass  # the response is left incomplete on purpose; the client sees the truncation
         except Exception:
             _log.exception("request %s failed inside the gateway", rid)
+            if self._debug is not None:
+                self._debug.error(rid, "gateway", "request", sys.exc_info()[1] or Exception())
             if not sent.status:
                 sent.status = 500
                 await send_error(send, GatewayError("internal error in the gateway"), rid.encode())
@@ -301,7 +321,7 @@ class Gateway:
         finally:
             if counted:
                 self._active -= 1
-            self._record(scope, path, route, rid, sent, time.perf_counter() - started)
+            self._record(scope, path, route, rid, sent, started)
 
     async def _serve(
         self,
@@ -337,9 +357,12 @@ class Gateway:
         return "/chat/completions", dumps(chat.body), ChatToResponses(shape, chat.stream)
 
     def _record(
-        self, scope: Scope, path: str, route: str, rid: str, sent: Sent, elapsed: float
+        self, scope: Scope, path: str, route: str, rid: str, sent: Sent, started: float
     ) -> None:
+        elapsed = time.perf_counter() - started
         self.metrics.observe(route, sent.status or 499, elapsed)
+        if self._debug is not None:
+            self._debug_request(scope["method"], path, rid, sent, started, elapsed)
         if self._access_log:
             event(
                 _log,
@@ -351,6 +374,34 @@ class Gateway:
                 backend=sent.backend,
                 bytes=sent.bytes,
                 duration_ms=round(elapsed * 1000, 2),
+            )
+
+    def _debug_request(
+        self, method: str, path: str, rid: str, sent: Sent, started: float, elapsed: float
+    ) -> None:
+        debug = self._debug
+        assert debug is not None
+        ttfb = sent.first_byte - started if sent.first_byte else None
+        debug.request(
+            rid, method, path, sent.status or 499, elapsed, sent.backend, sent.bytes, ttfb
+        )
+        if sent.sse:
+            reason = (
+                "client_disconnected"
+                if sent.gone
+                else sent.broken or ("completed" if sent.complete else "cancelled")
+            )
+            debug.stream(
+                rid,
+                "ended",
+                sent.backend,
+                reason=reason,
+                duration_ms=round(elapsed * 1000, 3),
+                bytes=sent.bytes,
+            )
+        if sent.gone:
+            debug.disconnect(
+                rid, "streaming" if sent.first_byte else "waiting", elapsed, sent.backend
             )
 
     async def _cancelled(self, send: Send, rid: str, sent: Sent) -> None:

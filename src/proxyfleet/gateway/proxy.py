@@ -8,10 +8,12 @@ with an SSE ``error`` event the client can parse.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.errors import GatewayError, NoHealthyBackend, UpstreamError, UpstreamTimeout
 from proxyfleet.gateway.asgi import Scope, Send, sse_error
 from proxyfleet.gateway.metrics import GatewayMetrics
@@ -38,6 +40,9 @@ class Sent:
     bytes: int = 0
     complete: bool = False  # the last body message is being sent
     sse: bool = False  # the body is an event stream
+    first_byte: float = 0.0  # perf_counter when the response head went out
+    broken: str | None = None  # why a started stream ended early: upstream_error / timeout
+    gone: bool = False  # the client disconnected
 
 
 class Transform(Protocol):
@@ -46,7 +51,13 @@ class Transform(Protocol):
     upstream_headers: Mapping[str, str]
 
     async def deliver(
-        self, send: Send, response: UpstreamResponse, rid: str, lease: Lease, sent: Sent
+        self,
+        send: Send,
+        response: UpstreamResponse,
+        rid: str,
+        lease: Lease,
+        sent: Sent,
+        head: Callable[[], None],
     ) -> None: ...
 
 
@@ -66,6 +77,7 @@ class Forwarder:
         *,
         retries: int,
         strip_client_auth: bool,
+        debug: DebugRecorder | None = None,
     ) -> None:
         self._client = client
         self._origins = {b.id: Origin.parse(b.base_url) for b in pool.backends}
@@ -73,6 +85,7 @@ class Forwarder:
         self._metrics = metrics
         self._retries = retries
         self._strip_client_auth = strip_client_auth
+        self._debug = debug
 
     async def _lease(self, rid: str, tried: list[str], last: GatewayError | None) -> Lease:
         """A lease on a backend not tried yet; when none is left, the last failure is the
@@ -84,6 +97,17 @@ class Forwarder:
                 raise last from None
             raise
         self._metrics.lease_wait.observe(lease.wait_seconds)
+        if self._debug is not None:
+            pool = self._pool
+            self._debug.selection(
+                rid,
+                pool.settings.selection,
+                lease.backend.id,
+                lease.wait_seconds,
+                pool.waiting,
+                len(pool.backends),
+                len(tried),
+            )
         return lease
 
     async def forward(
@@ -186,9 +210,11 @@ class Forwarder:
             )
         except TimeoutError as exc:
             lease.fail()
+            self._note(rid, backend.id, exc)
             raise _Retry(UpstreamTimeout(f"backend {backend.id} timed out")) from exc
         except OSError as exc:
             lease.fail()
+            self._note(rid, backend.id, exc)
             raise _Retry(
                 UpstreamError(
                     f"backend {backend.id} at {public_url(backend.base_url)} failed: "
@@ -201,6 +227,16 @@ class Forwarder:
             response.close()
             raise
         response.release()
+
+    def _note(self, rid: str, backend: str, exc: BaseException) -> None:
+        if self._debug is not None:
+            self._debug.error(rid, "upstream", "request", exc, backend=backend)
+
+    def _head(self, sent: Sent, rid: str, backend: str) -> None:
+        """The response head is about to go out: time to first byte, and a stream starts."""
+        sent.first_byte = time.perf_counter()
+        if sent.sse and self._debug is not None:
+            self._debug.stream(rid, "started", backend)
 
     async def _deliver(
         self,
@@ -219,7 +255,9 @@ class Forwarder:
         if status in _RETRY_STATUSES and not last_try:
             raise _Retry(UpstreamError(f"backend {lease.backend.id} answered {status}"))
         if transform is not None and status == 200:
-            await transform.deliver(send, response, rid, lease, sent)
+            await transform.deliver(
+                send, response, rid, lease, sent, lambda: self._head(sent, rid, lease.backend.id)
+            )
             return
         headers = response_headers(response.headers, rid.encode())
         sse = response.content_type == b"text/event-stream"
@@ -233,6 +271,7 @@ class Forwarder:
                 raise _Retry(UpstreamError(f"backend {lease.backend.id} broke off")) from exc
             headers.append((b"content-length", str(len(payload)).encode()))
             sent.status = status
+            self._head(sent, rid, lease.backend.id)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             sent.bytes = len(payload)
             sent.complete = True
@@ -240,10 +279,13 @@ class Forwarder:
             return
         sent.status = status
         sent.sse = sse
+        self._head(sent, rid, lease.backend.id)
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await self._pump(send, response, lease, sent)
+        await self._pump(send, response, lease, sent, rid)
 
-    async def _pump(self, send: Send, response: UpstreamResponse, lease: Lease, sent: Sent) -> None:
+    async def _pump(
+        self, send: Send, response: UpstreamResponse, lease: Lease, sent: Sent, rid: str
+    ) -> None:
         """Chunk by chunk, as it arrives. A broken upstream ends an SSE stream with an ``error``
         event; any other body is left incomplete, so the client sees the truncation."""
         try:
@@ -252,6 +294,8 @@ class Forwarder:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (TimeoutError, OSError) as exc:
             lease.fail()
+            sent.broken = "timeout" if isinstance(exc, TimeoutError) else "upstream_error"
+            self._note(rid, lease.backend.id, exc)
             error: GatewayError = (
                 UpstreamTimeout(f"backend {lease.backend.id} went silent mid-stream")
                 if isinstance(exc, TimeoutError)

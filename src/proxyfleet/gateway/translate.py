@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxyfleet.errors import UpstreamError
@@ -48,7 +48,13 @@ class ChatToResponses:
         self._stream = stream
 
     async def deliver(
-        self, send: Send, response: UpstreamResponse, rid: str, lease: Lease, sent: Sent
+        self,
+        send: Send,
+        response: UpstreamResponse,
+        rid: str,
+        lease: Lease,
+        sent: Sent,
+        head: Callable[[], None],
     ) -> None:
         headers = [
             (k, v) for k, v in response_headers(response.headers, rid.encode()) if k not in _DROP
@@ -70,12 +76,14 @@ class ChatToResponses:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
             ]
+            head()
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": payload})
             return
         sent.status = 200
         sent.sse = True
         headers.append((b"content-type", b"text/event-stream"))
+        head()
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         translator = StreamTranslator(self._shape)
         await self._send_events(send, translator.start(), sent)
@@ -87,6 +95,7 @@ class ChatToResponses:
                 await self._send_events(send, translator.feed(chunk), sent)
         except (TimeoutError, OSError, ValueError) as exc:
             lease.fail()
+            sent.broken = "timeout" if isinstance(exc, TimeoutError) else "upstream_error"
             event(
                 _log,
                 "stream_translation_failed",

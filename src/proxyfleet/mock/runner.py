@@ -8,10 +8,12 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from proxyfleet.debuglog.writer import DebugLog
 from proxyfleet.mock.server import MOCK_STATE, MockSettings, build_mock_app
 
 __all__ = ["MockServer", "running_mock", "serve_mock"]
@@ -20,10 +22,13 @@ __all__ = ["MockServer", "running_mock", "serve_mock"]
 class MockServer:
     """The mock on ``host:port`` (port 0 picks a free one: read :attr:`port` after start)."""
 
-    def __init__(self, host: str, port: int, settings: MockSettings) -> None:
+    def __init__(
+        self, host: str, port: int, settings: MockSettings, debug_dir: Path | None = None
+    ) -> None:
         self.host = host
         self.requested_port = port
-        self.app = build_mock_app(settings)
+        self.debug = DebugLog(debug_dir) if debug_dir is not None else None
+        self.app = build_mock_app(settings, self.debug)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         self.port = port
 
@@ -41,14 +46,22 @@ class MockServer:
         self.port = sock.getsockname()[1]
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
+        if self.debug is not None:
+            self.debug.start(
+                component="mock", name=self.app[MOCK_STATE].settings.name, port=self.port
+            )
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+        if self.debug is not None:
+            self.debug.stop()
 
 
 @asynccontextmanager
-async def running_mock(host: str, port: int, settings: MockSettings) -> AsyncIterator[MockServer]:
-    server = MockServer(host, port, settings)
+async def running_mock(
+    host: str, port: int, settings: MockSettings, debug_dir: Path | None = None
+) -> AsyncIterator[MockServer]:
+    server = MockServer(host, port, settings, debug_dir)
     await server.start()
     try:
         yield server
@@ -56,13 +69,15 @@ async def running_mock(host: str, port: int, settings: MockSettings) -> AsyncIte
         await server.stop()
 
 
-async def serve_mock(host: str, port: int, settings: MockSettings) -> None:
+async def serve_mock(
+    host: str, port: int, settings: MockSettings, debug_dir: Path | None = None
+) -> None:
     """Serve until SIGTERM or SIGINT; the first line printed is the base URL."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_mock(host, port, settings) as server:
+    async with running_mock(host, port, settings, debug_dir) as server:
         print(f"mock listening on {server.base_url}", flush=True)
         print(
             f"  stats: http://{host}:{server.port}/mock/stats   faults: POST /mock/faults",

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -20,6 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from proxyfleet.debuglog.writer import DebugLog
 from proxyfleet.mock.payloads import (
     chat_completion,
     chat_frames,
@@ -87,6 +89,7 @@ class MockStats:
 class MockState:
     settings: MockSettings
     stats: MockStats = field(default_factory=MockStats)
+    debug: DebugLog | None = None  # the mock's own debug log, to correlate with the gateway's
 
 
 MOCK_STATE = web.AppKey("mock_state", MockState)
@@ -110,6 +113,9 @@ class _Tracked:
 
     def __init__(self, state: MockState, request: web.Request) -> None:
         self.stats = state.stats
+        self.debug = state.debug
+        self.request = request
+        self.started = time.monotonic()
         self.label = _credential(request)
         self.stats.recent.append(
             {
@@ -135,6 +141,16 @@ class _Tracked:
     def __exit__(self, *exc: object) -> None:
         self.stats.credentials[self.label].inflight -= 1
         self.stats.inflight -= 1
+        if self.debug is not None:
+            request = self.request
+            self.debug.log(
+                "requests",
+                request.headers.get("X-Request-ID"),
+                method=request.method,
+                path=request.path,
+                credential=self.label,
+                duration_ms=round((time.monotonic() - self.started) * 1000, 3),
+            )
 
 
 def _error(status: int, message: str, code: str) -> web.Response:
@@ -339,9 +355,11 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "name": request.app[MOCK_STATE].settings.name})
 
 
-def build_mock_app(settings: MockSettings | None = None) -> web.Application:
+def build_mock_app(
+    settings: MockSettings | None = None, debug: DebugLog | None = None
+) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[MOCK_STATE] = MockState(settings or MockSettings())
+    app[MOCK_STATE] = MockState(settings or MockSettings(), debug=debug)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/responses", responses)
     app.router.add_get("/v1/responses", responses_websocket)

@@ -1,0 +1,159 @@
+"""Debug mode's writer: ``<session>_<category>.jsonl``, one flat JSON object per line.
+
+Every line starts with ``session_id``, ``timestamp`` (UTC, RFC 3339 with nanoseconds) and
+``elapsed_seconds``, then ``request_id`` where there is one, then the category's fields. The
+request path only appends a dict to a bounded queue (when full, the entry is counted as dropped,
+never waited for); a background thread encodes, redacts and writes in batches. Files are 0600 in
+a 0700 directory. The number of dropped entries goes to the ``session`` file at the end.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+from proxyfleet.logs import redact
+
+__all__ = ["CATEGORIES", "DebugLog", "rfc3339_ns"]
+
+CATEGORIES = (
+    "session",
+    "requests",
+    "engine_selection",
+    "provisioning",
+    "orchestrator_health",
+    "streams",
+    "stress",
+    "errors",
+    "disconnects",
+)
+
+
+def rfc3339_ns(ns: int) -> str:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{rest:09d}Z"
+
+
+def _scrub(value: Any, secret: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: "[redacted]" if str(k).lower() in secret else _scrub(v, secret)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(v, secret) for v in value]
+    return value
+
+
+class DebugLog:
+    """Open with :meth:`start`, close with :meth:`stop`; :meth:`log` never blocks."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        queue_limit: int = 10_000,
+        secret_fields: Iterable[str] = (),
+        flush_interval: float = 0.05,
+    ) -> None:
+        self.directory = directory
+        self._start_ns = time.time_ns()
+        self._start_mono = time.monotonic()
+        self.session_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S")
+        self._queue: collections.deque[tuple[str, int, float, dict[str, Any]]] = collections.deque()
+        self._limit = queue_limit
+        self.dropped = 0
+        self.written = 0
+        self._secret = frozenset(s.lower() for s in secret_fields)
+        self._interval = flush_interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._files: dict[str, TextIO] = {}
+        self._thread: threading.Thread | None = None
+
+    def start(self, **fields: Any) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(self.directory, 0o700)
+        self._thread = threading.Thread(target=self._run, name="proxyfleet-debuglog", daemon=True)
+        self._thread.start()
+        self.log("session", event="session_start", **fields)
+
+    def stop(self, **fields: Any) -> None:
+        if self._thread is None:
+            return
+        self._queue.append(
+            (
+                "session",
+                time.time_ns(),
+                time.monotonic(),
+                {
+                    "event": "session_end",
+                    "entries_written": self.written + len(self._queue),
+                    "entries_dropped": self.dropped,
+                    **fields,
+                },
+            )
+        )
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+        self._thread = None
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+    def log(self, category: str, request_id: str | None = None, **fields: Any) -> None:
+        """Queue one entry; drop it (and count it) when the queue is full."""
+        if len(self._queue) >= self._limit:
+            self.dropped += 1
+            return
+        if request_id is not None:
+            fields = {"request_id": request_id, **fields}
+        self._queue.append((category, time.time_ns(), time.monotonic(), fields))
+
+    def path(self, category: str) -> Path:
+        return self.directory / f"{self.session_id}_{category}.jsonl"
+
+    # -- the writer thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        batches: dict[str, list[str]] = collections.defaultdict(list)
+        queue = self._queue
+        while queue:
+            category, ns, mono, fields = queue.popleft()
+            line = {
+                "session_id": self.session_id,
+                "timestamp": rfc3339_ns(ns),
+                "elapsed_seconds": round(mono - self._start_mono, 6),
+            }
+            line.update(_scrub(redact(fields), self._secret) if self._secret else redact(fields))
+            batches[category].append(json.dumps(line, default=str, separators=(",", ":")))
+        for category, lines in batches.items():
+            handle = self._file(category)
+            handle.write("\n".join(lines) + "\n")
+            handle.flush()
+            self.written += len(lines)
+
+    def _file(self, category: str) -> TextIO:
+        handle = self._files.get(category)
+        if handle is None:
+            path = self.path(category)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            handle = self._files[category] = os.fdopen(fd, "a", encoding="utf-8")
+        return handle

@@ -1,0 +1,130 @@
+"""Debug mode end to end: every category, the common fields, one windowed stress event, no
+secret, and the debug CLI reading and correlating the gateway's and the upstream's logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import stat
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import Processes, run_cli, write_keys
+
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
+SECRET = "sk-debug-secret-ZZZZ9999"
+
+
+async def test_debug_mode_end_to_end(procs: Processes, tmp_path: Path) -> None:
+    gw_dir, mock_dir = tmp_path / "gw", tmp_path / "upstream"
+    mock = procs.mock("--latency", "0.15", "--chunks", "3", "--debug-dir", str(mock_dir))
+    dead = procs.mock("--name", "dead")
+    creds = write_keys(tmp_path / "accounts", {"a": SECRET})
+    gateway = procs.gateway(
+        "--credentials-dir",
+        str(creds),
+        "--upstream",
+        mock.url,
+        "--debug",
+        "--debug-dir",
+        str(gw_dir),
+        env={
+            "PROXYFLEET_DEBUG__SLOW_REQUEST": "0.1",
+            "PROXYFLEET_DEBUG__SLOW_REQUESTS_PER_WINDOW": "3",
+        },
+    )
+    other = procs.gateway(
+        "--upstream",
+        dead.url,
+        "--debug",
+        "--debug-dir",
+        str(tmp_path / "x"),
+        env={"PROXYFLEET_POOL__UNHEALTHY_AFTER": "1"},
+    )
+    dead.popen.kill()
+    dead.popen.wait(5)
+    url = gateway.url + "/chat/completions"
+    async with aiohttp.ClientSession() as session:
+        for n in range(6):  # slow requests: one slow_request event, one rate event
+            body = {"model": "m", "stream": n % 2 == 0, "messages": []}
+            async with session.post(url, json=body, headers={"X-Request-ID": f"dbg-{n}"}) as r:
+                assert r.status == 200
+                await r.read()
+
+        async def leave() -> None:
+            async with session.post(
+                url, json={"model": "m", "stream": True}, headers={"X-Request-ID": "dbg-gone"}
+            ) as r:
+                await r.content.readany()
+                await asyncio.Event().wait()
+
+        task = asyncio.ensure_future(leave())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for _ in range(2):  # an upstream error, then no healthy backend
+            async with session.post(other.url + "/chat/completions", json={}) as r:
+                assert r.status in (502, 503)
+    await asyncio.sleep(0.3)
+    gateway.stop()
+    other.stop()
+    mock.stop()
+
+    files = {
+        p.name.split("_", 2)[2].removesuffix(".jsonl"): p
+        for d in (gw_dir, tmp_path / "x")
+        for p in d.glob("*.jsonl")
+    }
+    assert {
+        "session",
+        "requests",
+        "engine_selection",
+        "streams",
+        "stress",
+        "errors",
+        "disconnects",
+    } <= set(files)
+    assert stat.S_IMODE(gw_dir.stat().st_mode) == 0o700
+    everything = ""
+    for category, path in files.items():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        text = path.read_text()
+        everything += text
+        for line in text.splitlines():
+            entry = json.loads(line)
+            assert list(entry)[:3] == ["session_id", "timestamp", "elapsed_seconds"]
+            assert STAMP.match(entry["timestamp"])
+            if category in ("requests", "engine_selection", "disconnects"):
+                assert entry["request_id"]
+    stress = [
+        json.loads(line) for line in (next(gw_dir.glob("*_stress.jsonl")).read_text().splitlines())
+    ]
+    assert sorted(e["event_type"] for e in stress) == ["high_slow_request_rate", "slow_request"]
+    assert all(e["severity"] in ("warning", "critical") for e in stress)
+    other_stress = next((tmp_path / "x").glob("*_stress.jsonl")).read_text()
+    assert "all_backends_unhealthy" in other_stress
+    streams = [
+        json.loads(line) for line in next(gw_dir.glob("*_streams.jsonl")).read_text().splitlines()
+    ]
+    ended = {e["request_id"]: e["reason"] for e in streams if e["event"] == "ended"}
+    assert ended["dbg-0"] == "completed"
+    assert ended["dbg-gone"] == "client_disconnected"
+    disconnects = next(gw_dir.glob("*_disconnects.jsonl")).read_text()
+    assert '"request_id":"dbg-gone"' in disconnects
+    assert SECRET not in everything + "".join(p.read_text() for p in mock_dir.glob("*"))
+
+    summary = run_cli("debug", "summary", str(gw_dir))
+    assert summary.returncode == 0
+    assert "slowest requests (of 7)" in summary.stdout
+    assert "high_slow_request_rate" in summary.stdout
+    correlated = run_cli("debug", "correlate", str(gw_dir), str(mock_dir), "--within", "1s")
+    assert correlated.returncode == 0
+    assert "request_id=dbg-3" in correlated.stdout
+    by_id = int(re.search(r"(\d+) by request id", correlated.stdout).group(1))  # type: ignore[union-attr]
+    assert by_id >= 7 * 2  # requests and selections of the gateway, each with the mock's entry
+    tail = run_cli("debug", "tail", str(gw_dir), "--category", "stress", "-n", "5")
+    assert tail.stdout.count("stress: ") == 2
+    follow = run_cli("debug", "tail", str(gw_dir), "-f", "--for", "0.5", "-n", "0")
+    assert follow.returncode == 0
