@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CHAT_JSON = json.dumps(
     {
@@ -303,6 +304,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--backends", type=int, default=64, help="single-flight backends")
     parser.add_argument("--hold", type=int, default=2000, help="idle streams for the RSS figure")
+    parser.add_argument(
+        "--debug-pairs",
+        type=int,
+        default=5,
+        help="interleaved debug-off/debug-on pairs for the overhead figure",
+    )
     args = parser.parse_args()
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -413,6 +420,9 @@ def main() -> int:
         }
         with urllib.request.urlopen(f"http://127.0.0.1:{pf_port}/admin/pool") as response:
             pool = json.load(response)
+        overhead = debug_overhead(
+            work, config, lua, c, d, args.debug_pairs, py, env, paths["non-streaming"]
+        )
     print(
         f"\nproxyfleet bench: {c} connections, {d:g}s per run, {args.rounds} interleaved rounds "
         f"(medians shown), proxies on core 0, wrk + upstream nginx on core 1, "
@@ -441,9 +451,65 @@ def main() -> int:
         f"pool: {len(served)} backends, leases served min {min(served)} max {max(served)}, "
         f"failures {sum(b['failures'] for b in pool['backends'])}"
     )
+    print(overhead)
     print_rss(args.hold, work, hold_port, mock_port, py, env)
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def debug_overhead(
+    work: Path,
+    config: dict[str, Any],
+    lua: Path,
+    connections: int,
+    duration: float,
+    pairs: int,
+    py: str,
+    env: dict[str, str],
+    path: str,
+) -> str:
+    """Throughput with debug mode off and on, in interleaved pairs; the median loss."""
+    ports = {"off": free_port(), "on": free_port()}
+    for mode, port in ports.items():
+        variant = json.loads(json.dumps(config))
+        variant["server"]["port"] = port
+        variant["debug"] = {"enabled": mode == "on", "dir": str(work / "debug_logs")}
+        (work / f"debug-{mode}.yaml").write_text(json.dumps(variant))
+    with contextlib.ExitStack() as stack:
+        for mode in ports:
+            stack.enter_context(
+                process(
+                    [
+                        "taskset",
+                        "-c",
+                        "0",
+                        py,
+                        "-m",
+                        "proxyfleet",
+                        "serve",
+                        "-c",
+                        str(work / f"debug-{mode}.yaml"),
+                    ],
+                    work / f"debug-{mode}.log",
+                    env,
+                )
+            )
+        for port in ports.values():
+            wait_port(port)
+            wrk(f"http://127.0.0.1:{port}{path}", lua, connections, 1)
+        losses, rates = [], []
+        for _ in range(pairs):
+            off = wrk(f"http://127.0.0.1:{ports['off']}{path}", lua, connections, duration)
+            on = wrk(f"http://127.0.0.1:{ports['on']}{path}", lua, connections, duration)
+            losses.append(1 - on.rps / off.rps)
+            rates.append((off.rps, on.rps))
+    losses.sort()
+    median = losses[len(losses) // 2]
+    shown = ", ".join(f"{off:.0f}/{on:.0f}" for off, on in rates)
+    return (
+        f"debug mode overhead at {connections} connections: {median:+.1%} throughput lost "
+        f"(median of {pairs} interleaved off/on pairs, req/s: {shown})"
+    )
 
 
 def print_rss(

@@ -16,9 +16,9 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["configure_logging", "event", "redact"]
+__all__ = ["SECRET_KEYS", "configure_logging", "event", "redact"]
 
-_SECRET_KEYS = frozenset(
+SECRET_KEYS = frozenset(
     {"authorization", "cookie", "set-cookie", "x-api-key", "api_key", "apikey", "password", "token"}
 )
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
@@ -29,7 +29,7 @@ def redact(value: Any) -> Any:
     """A copy of ``value`` with credential fields and bearer tokens masked."""
     if isinstance(value, dict):
         return {
-            k: "[redacted]" if str(k).lower() in _SECRET_KEYS else redact(v)
+            k: "[redacted]" if str(k).lower() in SECRET_KEYS else redact(v)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):

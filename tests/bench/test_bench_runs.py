@@ -34,6 +34,8 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
             "1",
             "--hold",
             "100",
+            "--debug-pairs",
+            "1",
             "--backends",
             "8",
         ],
@@ -52,6 +54,12 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
             assert int(row.group(2)) == 0, f"{mode} {target} had errors:\n{out}"
         assert re.search(rf"^ratio proxyfleet/nginx, {mode}: \d\.\d{{3}}  \(rounds", out, re.M), out
     assert "p50 added latency at 1 connection" in out
+    assert re.search(
+        r"^debug mode overhead at 64 connections: [-+]\d+\.\d% throughput lost "
+        r"\(median of 1 interleaved",
+        out,
+        re.M,
+    ), out
     held = re.search(r"nginx [\d.-]+ KB \((\d+) open\), proxyfleet [\d.-]+ KB \((\d+) open\)", out)
     assert held is not None, out
     assert held.groups() == ("100", "100")

@@ -32,6 +32,9 @@ class DebugRecorder:
             )
         )
         self._queue_limit = queue_limit
+        self._slow_request = config.slow_request
+        self._slow_selection = config.slow_selection
+        self._saturated = config.queue_saturation * queue_limit if queue_limit else float("inf")
 
     def start(self, **fields: Any) -> None:
         self.log.start(**fields)

@@ -12,15 +12,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
-import json
+import functools
 import os
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
-from proxyfleet.logs import redact
+import orjson
+
+from proxyfleet.logs import SECRET_KEYS, redact
 
 __all__ = ["CATEGORIES", "DebugLog", "rfc3339_ns"]
 
@@ -37,20 +39,32 @@ CATEGORIES = (
 )
 
 
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def rfc3339_ns(ns: int) -> str:
+    """UTC, RFC 3339 with nanoseconds (the date part is computed once per second)."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{rest:09d}Z"
+    return f"{_second(seconds)}.{rest:09d}Z"
 
 
-def _scrub(value: Any, secret: frozenset[str]) -> Any:
+_SUSPECT = ("earer", "sk-", "ookie", "pi-key", "pi_key")
+
+
+def _clean(value: Any, secret: frozenset[str]) -> Any:
+    """Secrets out: fields by name (built-in and configured), bearer tokens and API keys in
+    text. Numbers and ordinary strings pass untouched, which keeps this cheap."""
+    if isinstance(value, str):
+        return redact(value) if any(s in value for s in _SUSPECT) else value
     if isinstance(value, dict):
         return {
-            k: "[redacted]" if str(k).lower() in secret else _scrub(v, secret)
+            k: "[redacted]" if str(k).lower() in secret else _clean(v, secret)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
-        return [_scrub(v, secret) for v in value]
+        return [_clean(v, secret) for v in value]
     return value
 
 
@@ -69,15 +83,18 @@ class DebugLog:
         self._start_ns = time.time_ns()
         self._start_mono = time.monotonic()
         self.session_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S")
-        self._queue: collections.deque[tuple[str, int, float, dict[str, Any]]] = collections.deque()
+        # (category, time_ns, monotonic, request_id, fields, trusted)
+        self._queue: collections.deque[tuple[str, int, float, str | None, dict[str, Any], bool]] = (
+            collections.deque()
+        )
         self._limit = queue_limit
         self.dropped = 0
         self.written = 0
-        self._secret = frozenset(s.lower() for s in secret_fields)
+        self._secret = SECRET_KEYS | frozenset(s.lower() for s in secret_fields)
         self._interval = flush_interval
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._files: dict[str, TextIO] = {}
+        self._files: dict[str, BinaryIO] = {}
         self._thread: threading.Thread | None = None
 
     def start(self, **fields: Any) -> None:
@@ -91,19 +108,13 @@ class DebugLog:
     def stop(self, **fields: Any) -> None:
         if self._thread is None:
             return
-        self._queue.append(
-            (
-                "session",
-                time.time_ns(),
-                time.monotonic(),
-                {
-                    "event": "session_end",
-                    "entries_written": self.written + len(self._queue),
-                    "entries_dropped": self.dropped,
-                    **fields,
-                },
-            )
-        )
+        end = {
+            "event": "session_end",
+            "entries_written": self.written + len(self._queue),
+            "entries_dropped": self.dropped,
+            **fields,
+        }
+        self._queue.append(("session", time.time_ns(), time.monotonic(), None, end, False))
         self._stop.set()
         self._wake.set()
         self._thread.join(10)
@@ -117,9 +128,15 @@ class DebugLog:
         if len(self._queue) >= self._limit:
             self.dropped += 1
             return
-        if request_id is not None:
-            fields = {"request_id": request_id, **fields}
-        self._queue.append((category, time.time_ns(), time.monotonic(), fields))
+        self._queue.append((category, time.time_ns(), time.monotonic(), request_id, fields, False))
+
+    def log_trusted(self, category: str, request_id: str, fields: dict[str, Any]) -> None:
+        """:meth:`log` for entries the gateway built from its own values (numbers, ids,
+        methods, paths without query): they skip the secret scan. Never pass client text."""
+        if len(self._queue) >= self._limit:
+            self.dropped += 1
+            return
+        self._queue.append((category, time.time_ns(), time.monotonic(), request_id, fields, True))
 
     def path(self, category: str) -> Path:
         return self.directory / f"{self.session_id}_{category}.jsonl"
@@ -133,27 +150,29 @@ class DebugLog:
         self._drain()
 
     def _drain(self) -> None:
-        batches: dict[str, list[str]] = collections.defaultdict(list)
-        queue = self._queue
+        batches: dict[str, list[bytes]] = collections.defaultdict(list)
+        queue, secret, session, start = self._queue, self._secret, self.session_id, self._start_mono
         while queue:
-            category, ns, mono, fields = queue.popleft()
+            category, ns, mono, rid, fields, trusted = queue.popleft()
             line = {
-                "session_id": self.session_id,
+                "session_id": session,
                 "timestamp": rfc3339_ns(ns),
-                "elapsed_seconds": round(mono - self._start_mono, 6),
+                "elapsed_seconds": round(mono - start, 6),
             }
-            line.update(_scrub(redact(fields), self._secret) if self._secret else redact(fields))
-            batches[category].append(json.dumps(line, default=str, separators=(",", ":")))
+            if rid is not None:
+                line["request_id"] = rid
+            line.update(fields if trusted else _clean(fields, secret))
+            batches[category].append(orjson.dumps(line, default=str))
         for category, lines in batches.items():
             handle = self._file(category)
-            handle.write("\n".join(lines) + "\n")
+            handle.write(b"\n".join(lines) + b"\n")
             handle.flush()
             self.written += len(lines)
 
-    def _file(self, category: str) -> TextIO:
+    def _file(self, category: str) -> BinaryIO:
         handle = self._files.get(category)
         if handle is None:
             path = self.path(category)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            handle = self._files[category] = os.fdopen(fd, "a", encoding="utf-8")
+            handle = self._files[category] = os.fdopen(fd, "ab")
         return handle
