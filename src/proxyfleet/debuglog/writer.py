@@ -77,14 +77,13 @@ class DebugLog:
         *,
         queue_limit: int = 10_000,
         secret_fields: Iterable[str] = (),
-        flush_interval: float = 0.05,
+        flush_interval: float = 0.2,
     ) -> None:
         self.directory = directory
         self._start_ns = time.time_ns()
-        self._start_mono = time.monotonic()
         self.session_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S")
-        # (category, time_ns, monotonic, request_id, fields, trusted)
-        self._queue: collections.deque[tuple[str, int, float, str | None, dict[str, Any], bool]] = (
+        # (category, time_ns, request_id, fields, trusted)
+        self._queue: collections.deque[tuple[str, int, str | None, dict[str, Any], bool]] = (
             collections.deque()
         )
         self._limit = queue_limit
@@ -114,7 +113,7 @@ class DebugLog:
             "entries_dropped": self.dropped,
             **fields,
         }
-        self._queue.append(("session", time.time_ns(), time.monotonic(), None, end, False))
+        self._queue.append(("session", time.time_ns(), None, end, False))
         self._stop.set()
         self._wake.set()
         self._thread.join(10)
@@ -128,7 +127,7 @@ class DebugLog:
         if len(self._queue) >= self._limit:
             self.dropped += 1
             return
-        self._queue.append((category, time.time_ns(), time.monotonic(), request_id, fields, False))
+        self._queue.append((category, time.time_ns(), request_id, fields, False))
 
     def log_trusted(self, category: str, request_id: str, fields: dict[str, Any]) -> None:
         """:meth:`log` for entries the gateway built from its own values (numbers, ids,
@@ -136,7 +135,7 @@ class DebugLog:
         if len(self._queue) >= self._limit:
             self.dropped += 1
             return
-        self._queue.append((category, time.time_ns(), time.monotonic(), request_id, fields, True))
+        self._queue.append((category, time.time_ns(), request_id, fields, True))
 
     def path(self, category: str) -> Path:
         return self.directory / f"{self.session_id}_{category}.jsonl"
@@ -151,18 +150,23 @@ class DebugLog:
 
     def _drain(self) -> None:
         batches: dict[str, list[bytes]] = collections.defaultdict(list)
-        queue, secret, session, start = self._queue, self._secret, self.session_id, self._start_mono
+        queue, secret, start = self._queue, self._secret, self._start_ns
+        head = b'{"session_id":"' + self.session_id.encode() + b'","timestamp":"'
+        dumps = orjson.dumps
         while queue:
-            category, ns, mono, rid, fields, trusted = queue.popleft()
-            line = {
-                "session_id": session,
-                "timestamp": rfc3339_ns(ns),
-                "elapsed_seconds": round(mono - start, 6),
-            }
-            if rid is not None:
-                line["request_id"] = rid
-            line.update(fields if trusted else _clean(fields, secret))
-            batches[category].append(orjson.dumps(line, default=str))
+            category, ns, rid, fields, trusted = queue.popleft()
+            seconds, rest = divmod(ns, 1_000_000_000)
+            body = dumps(fields if trusted else _clean(fields, secret), default=str)
+            rid_part = b',"request_id":' + dumps(rid) if rid is not None else b""
+            line = b'%s%s.%09dZ","elapsed_seconds":%.6f%s%s' % (
+                head,
+                _second(seconds).encode(),
+                rest,
+                (ns - start) / 1e9,
+                rid_part,
+                b"," + body[1:] if len(body) > 2 else b"}",
+            )
+            batches[category].append(line)
         for category, lines in batches.items():
             handle = self._file(category)
             handle.write(b"\n".join(lines) + b"\n")
