@@ -12,20 +12,17 @@ import asyncio
 import contextlib
 import enum
 import hashlib
-import ipaddress
 import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from proxyfleet import __version__
 from proxyfleet.config.model import Config
 from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.errors import (
@@ -49,7 +46,8 @@ from proxyfleet.gateway.asgi import (
     send_json,
     sse_error,
 )
-from proxyfleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from proxyfleet.gateway.metrics import GatewayMetrics
+from proxyfleet.gateway.ops import Operations
 from proxyfleet.gateway.proxy import Forwarder, Sent, StreamBroken, Transform
 from proxyfleet.gateway.rules import client_credential, request_id, upstream_path
 from proxyfleet.gateway.translate import ChatToResponses
@@ -93,16 +91,6 @@ def load_keys(path: Path) -> frozenset[str]:
     return frozenset(hashlib.sha256(k.encode()).hexdigest() for k in keys)
 
 
-def _is_loopback(scope: Scope) -> bool:
-    client = scope.get("client")
-    if not client:
-        return True  # a unix socket or an in-process call
-    try:
-        return ipaddress.ip_address(client[0]).is_loopback
-    except ValueError:
-        return False
-
-
 class Gateway:
     """One gateway: ``await gateway.start()`` … ``await gateway.stop()`` (or ASGI lifespan)."""
 
@@ -139,20 +127,13 @@ class Gateway:
                 provider.default_model,
                 provider.reasoning,
             )
-        self._started_at = time.time()
+        self.started_at = time.time()
         self._stack = AsyncExitStack()
         self._session: aiohttp.ClientSession | None = None
         self._forwarder: Forwarder | None = None
         self._relay: WebSocketRelay | None = None
         self._chat_ws: ChatWebSocket | None = None
-        self._ops: dict[str, Callable[[Scope, Send], Awaitable[None]]] = {
-            "/live": self._live,
-            "/ready": self._ready,
-            "/health": self._health,
-            "/metrics": self._metrics,
-            "/admin/pool": self._admin_pool,
-            "/admin/queue": self._admin_queue,
-        }
+        self._ops = Operations(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -251,7 +232,7 @@ class Gateway:
             if path.startswith("/v1/") or path == "/v1":
                 await self._proxy(scope, receive, send, path)
             else:
-                await self._operations(scope, send, path)
+                await self._ops.handle(scope, send, path)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":
@@ -273,7 +254,7 @@ class Gateway:
                 return
 
     # -- the proxied routes ----------------------------------------------------------------------
-    def _authorize(self, scope: Scope) -> None:
+    def authorize(self, scope: Scope) -> None:
         if self._keys is None:
             return
         key = client_credential(scope["headers"])
@@ -289,7 +270,7 @@ class Gateway:
         sent = Sent()
         counted = False
         try:
-            self._authorize(scope)
+            self.authorize(scope)
             if self._active >= self._max_sessions:
                 raise Overloaded(
                     f"{self._active} requests in flight (server.max_sessions)", retry_after=1.0
@@ -503,7 +484,7 @@ class Gateway:
         assert self._relay is not None
         path = scope["path"]
         try:
-            self._authorize(scope)
+            self.authorize(scope)
             if not (path.startswith("/v1/") or path == "/v1"):
                 raise NotFound(f"no WebSocket route at {path}")
             if self._active >= self._max_sessions:
@@ -526,101 +507,16 @@ class Gateway:
             self._active -= 1
 
     # -- operations endpoints ------------------------------------------------------------------
-    async def _operations(self, scope: Scope, send: Send, path: str) -> None:
-        handler = self._ops.get(path)
-        try:
-            if handler is None:
-                raise NotFound(f"no route for {path}; the OpenAI API is under /v1")
-            if scope["method"] not in ("GET", "HEAD"):
-                raise BadRequest(f"{path} only answers GET", code="method_not_allowed")
-            if path.startswith("/admin/"):
-                if not _is_loopback(scope) and not self.config.server.admin_allow_remote:
-                    raise NotFound(f"no route for {path}")
-                self._authorize(scope)
-            await handler(scope, send)
-        except GatewayError as error:
-            await send_error(send, error)
-
-    async def _live(self, scope: Scope, send: Send) -> None:
-        await send_json(send, 200, {"status": "alive"})
-
-    def _readiness(self) -> tuple[bool, str]:
+    def readiness(self) -> tuple[bool, str]:
         if self.state is not GatewayState.SERVING:
             return False, f"gateway is {self.state.value}"
         if not self.pool.ready():
             return False, "no healthy backend"
         return True, "ready"
 
-    async def _ready(self, scope: Scope, send: Send) -> None:
-        ok, reason = self._readiness()
-        await send_json(
-            send, 200 if ok else 503, {"status": "ready" if ok else "unavailable", "reason": reason}
-        )
-
-    async def _health(self, scope: Scope, send: Send) -> None:
-        ok, reason = self._readiness()
-        states: dict[str, int] = {}
-        for status in self.pool.snapshot():
-            states[status.state] = states.get(status.state, 0) + 1
-        healthy = states.get("idle", 0) + states.get("busy", 0)
-        overall = (
-            "ok"
-            if ok and healthy == len(self.pool.backends)
-            else ("degraded" if ok else "unavailable")
-        )
-        await send_json(
-            send,
-            200 if ok else 503,
-            {
-                "status": overall,
-                "reason": reason,
-                "version": __version__,
-                "uptime_seconds": round(time.time() - self._started_at, 1),
-                "backends": states,
-                "waiting": self.pool.waiting,
-                "in_flight": self._active,
-            },
-        )
-
-    async def _metrics(self, scope: Scope, send: Send) -> None:
-        body = self.metrics.render()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", CONTENT_TYPE),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    async def _admin_pool(self, scope: Scope, send: Send) -> None:
-        specs = {b.id: b for b in self.pool.backends}
-        backends = [dict(asdict(s), source=specs[s.id].source) for s in self.pool.snapshot()]
-        await send_json(
-            send,
-            200,
-            {
-                "selection": self.config.pool.selection,
-                "waiting": self.pool.waiting,
-                "queue_limit": self.config.pool.queue_limit,
-                "backends": backends,
-            },
-        )
-
-    async def _admin_queue(self, scope: Scope, send: Send) -> None:
-        await send_json(
-            send,
-            200,
-            {
-                "waiting": self.pool.waiting,
-                "queue_limit": self.config.pool.queue_limit,
-                "lease_timeout": self.config.pool.lease_timeout,
-                "waiters": self.pool.queue(),
-            },
-        )
+    @property
+    def in_flight(self) -> int:
+        return self._active
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
