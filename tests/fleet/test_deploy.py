@@ -78,6 +78,7 @@ def test_valid_deployment(tmp_path: Path) -> None:
             "route /api/v1/broker is claimed by both servers.broker and servers.core",
         ),
         ({"servers__core__routes": ["no-slash"]}, "servers.core.routes.0", "should match"),
+        ({"servers__core__routes": ["/", "/admin/"]}, "servers.core.routes", "reserved"),
         ({"servers__broker__health": "health"}, "servers.broker.health", "should match"),
         ({"servers__core__extra": 1}, "servers.core.extra", "unknown key"),
         ({"routing__strategy": "header"}, "routing.strategy", "'path' or 'query'"),

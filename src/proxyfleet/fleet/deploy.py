@@ -114,6 +114,8 @@ def first_problem(d: Deployment) -> tuple[str, str] | None:
     claimed: dict[str, str] = {}
     for name, server in d.servers.items():
         for route in (*server.routes, *server.websocket_routes):
+            if route == "/admin/":
+                return f"servers.{name}.routes", "/admin/ is reserved (loopback-only admin)"
             if route in claimed and claimed[route] != name:
                 return (
                     f"servers.{name}.routes",

@@ -94,6 +94,16 @@ def render_nginx(deployment: Deployment, prefix: Path) -> str:
         for path in sorted(server.routes, key=len, reverse=True):
             if path != "/":
                 out.append(_location(path, f"pf_{name}", websocket=False))
+    # the gateways' admin endpoints stay loopback-only behind nginx too
+    admin = _location("/admin/", f"pf_{routing.core}", websocket=False)
+    out.append(
+        admin.replace(
+            "            proxy_pass",
+            "            allow 127.0.0.1;\n"
+            "            allow ::1;\n            deny all;\n            proxy_pass",
+            1,
+        )
+    )
     out.append(_location("/", f"pf_{routing.core}", websocket=False))
     out.append("    }\n}\n")
     return "".join(out)
