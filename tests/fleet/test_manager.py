@@ -232,6 +232,20 @@ def test_foreground_up_stops_everything_on_ctrl_c_and_watches(layout: dict[str, 
             time.sleep(0.05)
         assert "port " in log.read_text().split("change refused")[1]
         assert _get(nginx, "/v1/datafeed/x")["mock"] == "datafeed"
+        # a server moved onto a port someone else holds: refused before anything stops
+        data["servers"]["datafeed"]["port"] = ports[5]
+        spare = _ports(2)
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", spare[0]))
+            holder.listen()
+            data["servers"]["broker"]["port"] = spare[0]
+            deploy.write_text(yaml.safe_dump(data, sort_keys=False))
+            end = time.monotonic() + 5
+            while log.read_text().count("change refused") < 2:
+                assert time.monotonic() < end, log.read_text()
+                time.sleep(0.05)
+            assert f"servers.broker needs port {spare[0]}, held by" in log.read_text()
+            assert _get(nginx, "/v1/broker/x")["mock"] == "broker"
         state = json.loads(
             next(Path(env["PROXYFLEET_RUNTIME_DIR"]).glob("deploy-*/state.json")).read_text()
         )

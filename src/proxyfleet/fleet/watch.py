@@ -15,6 +15,7 @@ from proxyfleet.errors import ConfigError
 from proxyfleet.fleet.deploy import Deployment, load_deployment
 from proxyfleet.fleet.manager import Manager, StartFailed, Supervisor
 from proxyfleet.fleet.nginx import find_nginx, render_nginx, validate_nginx
+from proxyfleet.fleet.portguard import PortState, inspect, port_owner
 
 __all__ = ["Watcher", "changed_servers"]
 
@@ -91,6 +92,10 @@ class Watcher:
             say(f"change refused, the fleet keeps running unchanged: {error}")
             return False
         restart, add, remove = changed_servers(old, new, touched)
+        taken = self._taken_ports(new, restart | add)
+        if taken:
+            say(f"change refused, the fleet keeps running unchanged: {taken}")
+            return False
         try:
             self._restart(new, restart | add, remove)
         except StartFailed as failure:
@@ -120,6 +125,18 @@ class Watcher:
         changed = ", ".join(sorted(restart | add | remove)) or "none"
         say(f"change applied: nginx reloaded; servers restarted or changed: {changed}")
         return True
+
+    def _taken_ports(self, new: Deployment, starting: set[str]) -> str | None:
+        """A port the changed servers would need that someone else holds (ours do not count)."""
+        ours = {p.port for p in self.manager.processes}
+        for name in sorted(starting):
+            for port in new.servers[name].ports():
+                if port in ours:
+                    continue
+                if inspect("127.0.0.1", port, record_alive_and_ours=False) is not PortState.FREE:
+                    owner = port_owner(port) or "another process"
+                    return f"servers.{name} needs port {port}, held by {owner}"
+        return None
 
     def _restart(self, new: Deployment, start: set[str], remove: set[str]) -> None:
         manager = self.manager
