@@ -82,10 +82,11 @@ class DebugLog:
         self.directory = directory
         self._start_ns = time.time_ns()
         self.session_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S")
-        # (category, time_ns, request_id, fields, trusted)
-        self._queue: collections.deque[tuple[str, int, str | None, dict[str, Any], bool]] = (
-            collections.deque()
-        )
+        self._head = b'{"session_id":"' + self.session_id.encode() + b'","timestamp":"'
+        # (category, time_ns, request_id, fields, False) or (category, 0, None, line, True)
+        self._queue: collections.deque[
+            tuple[str, int, str | None, dict[str, Any] | bytes, bool]
+        ] = collections.deque()
         self._limit = queue_limit
         self.dropped = 0
         self.written = 0
@@ -135,7 +136,10 @@ class DebugLog:
         if len(self._queue) >= self._limit:
             self.dropped += 1
             return
-        self._queue.append((category, time.time_ns(), request_id, fields, True))
+        # encoded here, in C, so the writer thread only joins and writes them
+        self._queue.append(
+            (category, 0, None, self._encode(time.time_ns(), request_id, fields), True)
+        )
 
     def path(self, category: str) -> Path:
         return self.directory / f"{self.session_id}_{category}.jsonl"
@@ -148,25 +152,31 @@ class DebugLog:
             self._drain()
         self._drain()
 
+    def _encode(self, ns: int, rid: str | None, fields: dict[str, Any]) -> bytes:
+        """One line: the common fields, then ``fields`` (already clean) as JSON."""
+        seconds, rest = divmod(ns, 1_000_000_000)
+        body = orjson.dumps(fields, default=str)
+        rid_part = b',"request_id":' + orjson.dumps(rid) if rid is not None else b""
+        return b'%s%s.%09dZ","elapsed_seconds":%.6f%s%s' % (
+            self._head,
+            _second(seconds).encode(),
+            rest,
+            (ns - self._start_ns) / 1e9,
+            rid_part,
+            b"," + body[1:] if len(body) > 2 else b"}",
+        )
+
     def _drain(self) -> None:
         batches: dict[str, list[bytes]] = collections.defaultdict(list)
-        queue, secret, start = self._queue, self._secret, self._start_ns
-        head = b'{"session_id":"' + self.session_id.encode() + b'","timestamp":"'
-        dumps = orjson.dumps
+        queue, secret = self._queue, self._secret
         while queue:
-            category, ns, rid, fields, trusted = queue.popleft()
-            seconds, rest = divmod(ns, 1_000_000_000)
-            body = dumps(fields if trusted else _clean(fields, secret), default=str)
-            rid_part = b',"request_id":' + dumps(rid) if rid is not None else b""
-            line = b'%s%s.%09dZ","elapsed_seconds":%.6f%s%s' % (
-                head,
-                _second(seconds).encode(),
-                rest,
-                (ns - start) / 1e9,
-                rid_part,
-                b"," + body[1:] if len(body) > 2 else b"}",
-            )
-            batches[category].append(line)
+            category, ns, rid, payload, encoded = queue.popleft()
+            if encoded:
+                assert isinstance(payload, bytes)
+                batches[category].append(payload)
+            else:
+                assert isinstance(payload, dict)
+                batches[category].append(self._encode(ns, rid, _clean(payload, secret)))
         for category, lines in batches.items():
             handle = self._file(category)
             handle.write(b"\n".join(lines) + b"\n")
