@@ -199,20 +199,6 @@ class MemoryStore:
         self._refresh(slot)
         return True
 
-    def record_probe(self, backend_id: str, ok: bool) -> None:
-        """An active probe's verdict on a backend it did not lease (it was busy)."""
-        slot = self._by_id[backend_id]
-        outcome = Outcome.SUCCESS if ok else Outcome.FAILURE
-        if not ok:
-            slot.failures += 1
-        slot.health = settle(slot.health, outcome, self._now(), self._policy)
-        self._available.pop(slot, None)
-        self._refresh(slot)
-
-    @property
-    def has_capacity(self) -> bool:
-        return bool(self._available)
-
     # -- internals ------------------------------------------------------------------------
     def _grant(self, slot: _Slot, now: float, holder: str) -> Grant:
         token = next(self._tokens)
