@@ -311,6 +311,7 @@ def main() -> int:
         help="interleaved debug-off/debug-on pairs for the overhead figure",
     )
     args = parser.parse_args()
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"  # Debian's nginx
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench needs {tool}: apt-get install nginx-light wrk util-linux")

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
-MISSING = [tool for tool in ("nginx", "wrk", "taskset") if shutil.which(tool) is None]
+_PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+MISSING = [t for t in ("nginx", "wrk", "taskset") if shutil.which(t, path=_PATH) is None]
 
 
 def test_bench_prints_ratios_latency_and_memory() -> None:
