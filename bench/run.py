@@ -265,6 +265,15 @@ def _established(port: int) -> int:
     return count
 
 
+def pinned_nginx(core: str, nginx: str, work: Path, conf: str) -> list[str]:
+    """nginx in the foreground on one core, everything under the bench's directory."""
+    return ["taskset", "-c", core, nginx, "-p", str(work), "-c", conf, "-g", "daemon off;"]
+
+
+def pinned_proxyfleet(core: str, py: str, *args: str) -> list[str]:
+    return ["taskset", "-c", core, py, "-m", "proxyfleet", *args]
+
+
 @contextlib.contextmanager
 def process(
     args: list[str], log: Path, env: dict[str, str] | None = None
@@ -356,47 +365,15 @@ def main() -> int:
     paths = {"non-streaming": "/v1/chat/completions", "streaming": "/v1/stream/completions"}
     with (
         process(
-            [
-                "taskset",
-                "-c",
-                "1",
-                nginx,
-                "-p",
-                str(work),
-                "-c",
-                str(work / "upstream.conf"),
-                "-g",
-                "daemon off;",
-            ],
+            pinned_nginx("1", nginx, work, str(work / "upstream.conf")),
             work / "upstream.log",
         ),
         process(
-            [
-                "taskset",
-                "-c",
-                "0",
-                nginx,
-                "-p",
-                str(work),
-                "-c",
-                str(work / "proxy.conf"),
-                "-g",
-                "daemon off;",
-            ],
+            pinned_nginx("0", nginx, work, str(work / "proxy.conf")),
             work / "nginx.log",
         ),
         process(
-            [
-                "taskset",
-                "-c",
-                "0",
-                py,
-                "-m",
-                "proxyfleet",
-                "serve",
-                "-c",
-                str(work / "proxyfleet.yaml"),
-            ],
+            pinned_proxyfleet("0", py, "serve", "-c", str(work / "proxyfleet.yaml")),
             work / "proxyfleet.log",
             env,
         ),
@@ -480,17 +457,7 @@ def debug_overhead(
         for mode in ports:
             stack.enter_context(
                 process(
-                    [
-                        "taskset",
-                        "-c",
-                        "0",
-                        py,
-                        "-m",
-                        "proxyfleet",
-                        "serve",
-                        "-c",
-                        str(work / f"debug-{mode}.yaml"),
-                    ],
+                    pinned_proxyfleet("0", py, "serve", "-c", str(work / f"debug-{mode}.yaml")),
                     work / f"debug-{mode}.log",
                     env,
                 )
@@ -523,36 +490,13 @@ def print_rss(
         PROXY_CONF.format(dir=work, name="hold", port=hold_port, upstream=mock_port)
     )
     with process(
-        [
-            "taskset",
-            "-c",
-            "1",
-            py,
-            "-m",
-            "proxyfleet",
-            "mock",
-            "--port",
-            str(mock_port),
-            "--ttft",
-            "600",
-        ],
+        pinned_proxyfleet("1", py, "mock", "--port", str(mock_port), "--ttft", "600"),
         work / "hold-mock.log",
         env,
     ):
         wait_port(mock_port)
         with process(
-            [
-                "taskset",
-                "-c",
-                "0",
-                nginx,
-                "-p",
-                str(work),
-                "-c",
-                str(work / "hold-nginx.conf"),
-                "-g",
-                "daemon off;",
-            ],
+            pinned_nginx("0", nginx, work, str(work / "hold-nginx.conf")),
             work / "hold-nginx.log",
         ) as proc:
             wait_port(hold_port)
@@ -560,7 +504,7 @@ def print_rss(
                 nginx_worker(proc.pid), hold_port, "/v1/chat/completions", hold
             )
         with process(
-            ["taskset", "-c", "0", py, "-m", "proxyfleet", "serve", "-c", str(work / "hold.yaml")],
+            pinned_proxyfleet("0", py, "serve", "-c", str(work / "hold.yaml")),
             work / "hold-pf.log",
             env,
         ) as proc:

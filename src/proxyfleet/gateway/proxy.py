@@ -161,10 +161,7 @@ class Forwarder:
         for attempt in range(self._retries + 1):
             lease = await self._lease(rid, tried, last)
             backend = lease.backend
-            headers = upstream_headers(
-                scope["headers"], backend.headers, rid, strip_client_auth=self._strip_client_auth
-            )
-            headers.update(extra)
+            headers = self._headers(scope, backend.headers, rid, extra)
             try:
                 response = await self._client.request(
                     self._origins[backend.id], "POST", tail, headers, body
@@ -199,11 +196,8 @@ class Forwarder:
         last_try: bool,
     ) -> None:
         backend = lease.backend
-        headers = upstream_headers(
-            scope["headers"], backend.headers, rid, strip_client_auth=self._strip_client_auth
-        )
-        if transform is not None:
-            headers.update(transform.upstream_headers)
+        extra = transform.upstream_headers if transform is not None else None
+        headers = self._headers(scope, backend.headers, rid, extra)
         try:
             response = await self._client.request(
                 self._origins[backend.id], scope["method"], tail, headers, body
@@ -227,6 +221,20 @@ class Forwarder:
             response.close()
             raise
         response.release()
+
+    def _headers(
+        self,
+        scope: Scope,
+        credentials: tuple[tuple[str, str], ...],
+        rid: str,
+        extra: Mapping[str, str] | None,
+    ) -> dict[str, str]:
+        headers = upstream_headers(
+            scope["headers"], credentials, rid, strip_client_auth=self._strip_client_auth
+        )
+        if extra:
+            headers.update(extra)
+        return headers
 
     def _note(self, rid: str, backend: str, exc: BaseException) -> None:
         if self._debug is not None:
