@@ -23,6 +23,7 @@ examples:
   proxyfleet serve --credentials-dir ./accounts --upstream https://api.example.com/v1
   proxyfleet serve --config proxyfleet.yaml
   proxyfleet mock --port 9001                        OpenAI-compatible mock upstream
+  proxyfleet mock-orchestrator --port 8000           mock orchestrator for elastic pools
   proxyfleet start --port 10001 --config chat.yaml   a detached instance (status, stop, logs)
   proxyfleet up -f deploy.yaml                       workers behind a generated nginx
   proxyfleet debug summary ./debug_logs              read what --debug recorded
@@ -114,6 +115,41 @@ def _parser() -> argparse.ArgumentParser:
         help="write the mock's own debug log (requests by X-Request-ID) there",
     )
 
+    orch = commands.add_parser(
+        "mock-orchestrator",
+        help="run a mock orchestrator that provisions mock upstreams",
+        description="The orchestrator API (POST /provision/acestream, GET /engines, "
+        "GET /orchestrator/status, POST /events/stream_started|stream_ended, "
+        "DELETE /containers/{id}) backed by real 'proxyfleet mock' processes on free "
+        "ports, with fault injection for demos and tests. GET /mock/stats and "
+        "GET /mock/events show what happened; POST /mock/faults changes faults live.",
+    )
+    orch.add_argument("--host", default="127.0.0.1")
+    orch.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
+    orch.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on POST/DELETE")
+    orch.add_argument("--max-engines", type=int, default=20, help="engines at most (default 20)")
+    orch.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="F",
+        help="slow=S (seconds per provisioning), blocked=ETA, breaker=ETA, degraded, "
+        "fail=N (next N fail; -1 = all), refuse (not retryable); repeatable",
+    )
+    orch.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="passed to each 'proxyfleet mock' engine, e.g. --engine-arg=--latency=0.2",
+    )
+    orch.add_argument(
+        "--debug-dir",
+        type=Path,
+        metavar="DIR",
+        help="write the orchestrator's own debug log (by X-Request-ID) there",
+    )
+
     add_fleet_commands(commands)
     add_deploy_commands(commands)
     add_debug_commands(commands)
@@ -190,6 +226,38 @@ def _mock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mock_orchestrator(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from proxyfleet.debuglog.writer import DebugLog
+    from proxyfleet.gateway.server import bind
+    from proxyfleet.mock.orchestrator import (
+        Faults,
+        OrchestratorMock,
+        parse_fault,
+        serve_orchestrator,
+    )
+
+    faults = Faults()
+    try:
+        for text in args.fault:
+            faults = faults.updated(parse_fault(text))
+    except ValueError as exc:
+        raise ConfigError("--fault", "", str(exc)) from None
+    if args.max_engines < 1:
+        raise ConfigError("--max-engines", "", "must be at least 1")
+    mock = OrchestratorMock(
+        faults,
+        api_key=args.api_key,
+        max_engines=args.max_engines,
+        engine_args=tuple(args.engine_arg),
+        debug=DebugLog(args.debug_dir) if args.debug_dir is not None else None,
+    )
+    bind(args.host, args.port, "mock-orchestrator").close()
+    uvloop.run(serve_orchestrator(args.host, args.port, mock))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from proxyfleet.demo import run_demo
 
@@ -200,6 +268,7 @@ _COMMANDS = {
     "serve": _serve,
     "config": _config,
     "mock": _mock,
+    "mock-orchestrator": _mock_orchestrator,
     "demo": _demo,
     "debug": run_debug,
     **FLEET_COMMANDS,

@@ -7,6 +7,7 @@
     ├── StateError                       an object used outside its lifecycle (after close…)
     ├── ClientGone                       the client disconnected: nothing more is sent
     ├── ListenError                      the listening address cannot be bound (port busy…)
+    ├── ProvisionerError                 a provisioner call failed (transport, refusal, bad answer)
     └── GatewayError                     an error a client sees as HTTP + OpenAI error body
         ├── BadRequest                   400 invalid_request_error
         │   └── PayloadTooLarge          413
@@ -17,7 +18,9 @@
         │   ├── LeaseTimeout             waited longer than lease_timeout
         │   ├── QueueFull                the waiting queue is full
         │   ├── NoHealthyBackend         every backend is quarantined or draining
-        │   └── PoolClosed               the pool is shutting down
+        │   ├── PoolClosed               the pool is shutting down
+        │   ├── ProvisioningBlocked      the orchestrator says it cannot provision now
+        │   └── ProvisioningFailed       provisioning failed (or its circuit breaker is open)
         └── UpstreamError                502 the upstream failed (connect, timeout, 5xx)
             └── UpstreamTimeout          504
 
@@ -41,6 +44,9 @@ __all__ = [
     "PayloadTooLarge",
     "PoolClosed",
     "PoolError",
+    "ProvisionerError",
+    "ProvisioningBlocked",
+    "ProvisioningFailed",
     "ProxyfleetError",
     "QueueFull",
     "StateError",
@@ -79,6 +85,25 @@ class ListenError(ProxyfleetError):
     """The gateway (or the mock) cannot listen where it was told to (exit code 1)."""
 
     exit_code = 1
+
+
+class ProvisionerError(ProxyfleetError):
+    """A provisioner call failed. ``retryable`` says whether trying again may help; ``eta`` is
+    the orchestrator's own estimate (seconds) of when it will, if it gave one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "provisioner_error",
+        retryable: bool = True,
+        eta: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+        self.eta = eta
 
 
 class GatewayError(ProxyfleetError):
@@ -150,6 +175,14 @@ class NoHealthyBackend(PoolError):
 
 class PoolClosed(PoolError):
     code = "shutting_down"
+
+
+class ProvisioningBlocked(PoolError):
+    code = "provisioning_blocked"
+
+
+class ProvisioningFailed(PoolError):
+    code = "provisioning_failed"
 
 
 class UpstreamError(GatewayError):

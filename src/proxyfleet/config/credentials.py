@@ -226,8 +226,11 @@ def resolve_backends(config: Config) -> tuple[BackendSpec, ...]:
                 spec.source, "id", f"duplicate backend id {spec.id!r} (also in {seen[spec.id]})"
             )
         seen[spec.id] = spec.source
-    if not specs:
+    if not specs and pool.provisioner is None:
         raise ConfigError(
-            "pool", "", "no backends: give --credentials-dir, --upstream URL or pool.backends"
+            "pool",
+            "",
+            "no backends: give --credentials-dir, --upstream URL, pool.backends "
+            "or pool.provisioner",
         )
     return tuple(specs)

@@ -8,7 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "BackendConfig",
@@ -18,6 +26,8 @@ __all__ = [
     "PoolConfig",
     "ProbeConfig",
     "ProviderConfig",
+    "ProvisionerConfig",
+    "ProvisionerPaths",
     "ServerConfig",
     "UpstreamConfig",
 ]
@@ -97,6 +107,65 @@ class ProviderConfig(_Model):
     reasoning: Literal["drop", "keep"] = "drop"
 
 
+class ProvisionerPaths(_Model):
+    """The orchestrator's API paths (defaults: the acestream-orchestrator API)."""
+
+    provision: str = "/provision/acestream"
+    engines: str = "/engines"
+    status: str = "/orchestrator/status"
+    stream_started: str = "/events/stream_started"
+    stream_ended: str = "/events/stream_ended"
+    release: str = Field(default="/containers/{id}", description="DELETE; {id} is the backend id")
+
+
+class ProvisionerConfig(_Model):
+    """Elastic pool: where new backends come from when every backend is busy.
+
+    Either ``url`` (an HTTP orchestrator) or ``command`` (run once per new backend; prints
+    ``{"id": ..., "url": ...}`` on stdout). Provisioned backends idle for ``idle_ttl`` seconds
+    are released while more than ``min_backends`` remain.
+    """
+
+    url: HttpUrl | None = None
+    command: tuple[str, ...] = ()
+    release_command: tuple[str, ...] = Field(
+        default=(), description="run with the backend id appended, when one is released"
+    )
+    api_key: SecretStr | None = None
+    paths: ProvisionerPaths = ProvisionerPaths()
+    backend_host: str | None = Field(
+        default=None, description="host of provisioned backends (default: the orchestrator's)"
+    )
+    backend_path: str = "/v1"
+    allowed_hosts: tuple[str, ...] = Field(
+        default=("127.0.0.1", "::1", "localhost"),
+        description="hosts a command provisioner may hand out",
+    )
+    adopt: bool = Field(default=True, description="take the orchestrator's engines at start")
+    min_backends: int = Field(default=0, ge=0)
+    max_backends: int = Field(default=10, gt=0)
+    idle_ttl: float = Field(default=300.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0, description="seconds per orchestrator call")
+    attempts: int = Field(default=5, gt=0, description="provisioning attempts per burst")
+    backoff: float = Field(default=1.0, gt=0, description="first retry delay without an ETA")
+    backoff_cap: float = Field(default=30.0, gt=0)
+    breaker_failures: int = Field(default=5, gt=0, description="failures in a row to open")
+    breaker_cooldown: float = Field(default=30.0, gt=0)
+    status_interval: float = Field(default=5.0, gt=0)
+    events: bool = Field(default=True, description="report stream started/ended")
+    event_timeout: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ProvisionerConfig:
+        if (self.url is None) == (not self.command):
+            raise ValueError("give exactly one of 'url' (an orchestrator) or 'command'")
+        if self.min_backends > self.max_backends:
+            raise ValueError(
+                f"min_backends ({self.min_backends}) exceeds max_backends ({self.max_backends})"
+            )
+        return self
+
+
 class PoolConfig(_Model):
     """The backend pool: where backends come from and how they are leased."""
 
@@ -112,6 +181,7 @@ class PoolConfig(_Model):
     credentials_dir: Path | None = None
     upstreams: tuple[HttpUrl, ...] = ()
     backends: tuple[BackendConfig, ...] = ()
+    provisioner: ProvisionerConfig | None = None
 
     @field_validator("provider", mode="before")
     @classmethod

@@ -124,3 +124,37 @@ class DebugRecorder:
 
     def no_healthy_backend(self, rid: str, backends: int) -> None:
         self._stress(self.detector.no_healthy_backend(time.monotonic(), backends), rid)
+
+    def provisioning(
+        self,
+        rid: str | None,
+        operation: str,
+        seconds: float,
+        success: bool,
+        error: str | None = None,
+        retry: int = 0,
+        **fields: Any,
+    ) -> None:
+        self.log.log(
+            "provisioning",
+            rid,
+            operation=operation,
+            duration_ms=round(seconds * 1000, 3),
+            success=success,
+            error=error,
+            retry=retry,
+            **fields,
+        )
+        if not success and operation == "provision_attempt_failed":
+            self._stress(self.detector.provisioning_failure(time.monotonic()), rid)
+
+    def breaker_open(self, provisioner: str, failures: int) -> None:
+        self._stress(self.detector.breaker_open(time.monotonic(), provisioner, failures))
+
+    def orchestrator_health(self, seconds: float, **fields: Any) -> None:
+        self.log.log("orchestrator_health", None, duration_ms=round(seconds * 1000, 3), **fields)
+        status = fields.get("status")
+        if isinstance(status, str):
+            self._stress(
+                self.detector.orchestrator(time.monotonic(), status, fields.get("blocked_reason"))
+            )

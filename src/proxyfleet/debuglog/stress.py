@@ -127,3 +127,27 @@ class StressDetector:
                 {"count": count, "window_seconds": self.t.window},
             ),
         )
+
+    def breaker_open(self, now: float, provisioner: str, failures: int) -> list[StressEvent]:
+        return self._once(
+            now,
+            StressEvent(
+                "provisioning_circuit_breaker",
+                "critical",
+                f"provisioning circuit breaker opened after {failures} failures in a row",
+                {"provisioner": provisioner, "consecutive_failures": failures},
+            ),
+        )
+
+    def orchestrator(self, now: float, status: str, reason: str | None) -> list[StressEvent]:
+        if status == "healthy":
+            return []
+        return self._once(
+            now,
+            StressEvent(
+                "orchestrator_degraded",
+                "critical" if status == "unavailable" else "warning",
+                f"orchestrator is {status}" + (f": {reason}" if reason else ""),
+                {"status": status, "blocked_reason": reason},
+            ),
+        )

@@ -54,12 +54,13 @@ from proxyfleet.gateway.translate import ChatToResponses
 from proxyfleet.gateway.translate_ws import ChatWebSocket
 from proxyfleet.gateway.websocket import WebSocketRelay, reject
 from proxyfleet.logs import event
+from proxyfleet.orchestrator import Elastic, StreamEvents, build_provisioner
 from proxyfleet.pool import BackendSpec, Pool, PoolSettings
 from proxyfleet.pool.prober import Prober
 from proxyfleet.providers.profiles import PROFILES
 from proxyfleet.providers.request import TranslateOptions, dumps, responses_to_chat
 from proxyfleet.providers.response import ResponseShape
-from proxyfleet.upstream import UpstreamClient
+from proxyfleet.upstream import Origin, UpstreamClient
 
 __all__ = ["Gateway", "GatewayState"]
 
@@ -106,6 +107,7 @@ class Gateway:
                 unhealthy_after=pool_cfg.unhealthy_after,
                 cooldown=pool_cfg.cooldown,
             ),
+            elastic=pool_cfg.provisioner is not None,
         )
         self.metrics = GatewayMetrics(self.pool.snapshot, lambda: self.pool.waiting)
         self.state = GatewayState.NEW
@@ -134,6 +136,8 @@ class Gateway:
         self._relay: WebSocketRelay | None = None
         self._chat_ws: ChatWebSocket | None = None
         self._ops = Operations(self)
+        self.elastic: Elastic | None = None
+        self._events: StreamEvents | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -163,6 +167,23 @@ class Gateway:
             )
         )
         await self._stack.enter_async_context(self.pool)
+        provisioner_cfg = self.config.pool.provisioner
+        if provisioner_cfg is not None:
+            provisioner = build_provisioner(provisioner_cfg)
+            if provisioner_cfg.events and provisioner.has_status:
+                self._events = StreamEvents(provisioner, provisioner_cfg.event_timeout, self._debug)
+            self.elastic = await self._stack.enter_async_context(
+                Elastic(
+                    self.pool,
+                    provisioner,
+                    provisioner_cfg,
+                    self.config.pool.max_concurrency,
+                    self._debug,
+                    on_release=lambda spec: client.forget(Origin.parse(spec.base_url)),
+                )
+            )
+            if self._events is not None:
+                self._stack.push_async_callback(self._events.close)
         strip = self._keys is not None
         self._forwarder = Forwarder(
             client,
@@ -171,6 +192,7 @@ class Gateway:
             retries=self.config.pool.retries,
             strip_client_auth=strip,
             debug=self._debug,
+            events=self._events,
         )
         if self._translate is not None:
             self._chat_ws = ChatWebSocket(self._forwarder, self._translate)
@@ -342,6 +364,8 @@ class Gateway:
     ) -> None:
         elapsed = time.perf_counter() - started
         self.metrics.observe(route, sent.status or 499, elapsed)
+        if self._events is not None:
+            self._events.ended(rid, sent.end_reason())
         if self._debug is not None:
             self._debug_request(scope["method"], path, rid, sent, started, elapsed)
         if self._access_log:
@@ -367,16 +391,11 @@ class Gateway:
             rid, method, path, sent.status or 499, elapsed, sent.backend, sent.bytes, ttfb
         )
         if sent.sse:
-            reason = (
-                "client_disconnected"
-                if sent.gone
-                else sent.broken or ("completed" if sent.complete else "cancelled")
-            )
             debug.stream(
                 rid,
                 "ended",
                 sent.backend,
-                reason=reason,
+                reason=sent.end_reason(),
                 duration_ms=round(elapsed * 1000, 3),
                 bytes=sent.bytes,
             )
@@ -511,6 +530,8 @@ class Gateway:
         if self.state is not GatewayState.SERVING:
             return False, f"gateway is {self.state.value}"
         if not self.pool.ready():
+            if self.elastic is not None and self.elastic.can_grow():
+                return True, "ready (backends are provisioned on demand)"
             return False, "no healthy backend"
         return True, "ready"
 

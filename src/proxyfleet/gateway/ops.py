@@ -100,7 +100,8 @@ class Operations:
         await send({"type": "http.response.body", "body": body})
 
     async def _admin_pool(self, scope: Scope, send: Send) -> None:
-        pool, config = self.gateway.pool, self.gateway.config
+        gateway = self.gateway
+        pool, config = gateway.pool, gateway.config
         specs = {b.id: b for b in pool.backends}
         backends = [dict(asdict(s), source=specs[s.id].source) for s in pool.snapshot()]
         await send_json(
@@ -111,6 +112,7 @@ class Operations:
                 "waiting": pool.waiting,
                 "queue_limit": config.pool.queue_limit,
                 "backends": backends,
+                "elastic": None if gateway.elastic is None else gateway.elastic.describe(),
             },
         )
 

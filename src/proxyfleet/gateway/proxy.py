@@ -18,7 +18,8 @@ from proxyfleet.errors import GatewayError, NoHealthyBackend, UpstreamError, Ups
 from proxyfleet.gateway.asgi import Scope, Send, sse_error
 from proxyfleet.gateway.metrics import GatewayMetrics
 from proxyfleet.gateway.rules import response_headers, upstream_headers
-from proxyfleet.pool import Lease, Outcome, Pool
+from proxyfleet.orchestrator.events import StreamEvents
+from proxyfleet.pool import BackendSpec, Lease, Outcome, Pool
 from proxyfleet.pool.backend import public_url
 from proxyfleet.upstream import Origin, UpstreamClient, UpstreamResponse
 
@@ -43,6 +44,17 @@ class Sent:
     first_byte: float = 0.0  # perf_counter when the response head went out
     broken: str | None = None  # why a started stream ended early: upstream_error / timeout
     gone: bool = False  # the client disconnected
+
+    def end_reason(self) -> str:
+        """Why the response ended: completed, client_disconnected, upstream_error, timeout, or
+        cancelled (the gateway gave up on it, e.g. at the end of a shutdown grace)."""
+        if self.gone:
+            return "client_disconnected"
+        if self.broken:
+            return self.broken
+        if not self.complete:
+            return "cancelled"
+        return "upstream_error" if self.status >= 500 else "completed"
 
 
 class Transform(Protocol):
@@ -78,14 +90,23 @@ class Forwarder:
         retries: int,
         strip_client_auth: bool,
         debug: DebugRecorder | None = None,
+        events: StreamEvents | None = None,
     ) -> None:
         self._client = client
-        self._origins = {b.id: Origin.parse(b.base_url) for b in pool.backends}
+        self._origins: dict[str, Origin] = {}
+        self._events = events
         self._pool = pool
         self._metrics = metrics
         self._retries = retries
         self._strip_client_auth = strip_client_auth
         self._debug = debug
+
+    def _origin(self, backend: BackendSpec) -> Origin:
+        """Parsed once per backend URL (backends may join an elastic pool at any time)."""
+        origin = self._origins.get(backend.base_url)
+        if origin is None:
+            origin = self._origins[backend.base_url] = Origin.parse(backend.base_url)
+        return origin
 
     async def _lease(self, rid: str, tried: list[str], last: GatewayError | None) -> Lease:
         """A lease on a backend not tried yet; when none is left, the last failure is the
@@ -164,7 +185,7 @@ class Forwarder:
             headers = self._headers(scope, backend.headers, rid, extra)
             try:
                 response = await self._client.request(
-                    self._origins[backend.id], "POST", tail, headers, body
+                    self._origin(backend), "POST", tail, headers, body
                 )
             except (TimeoutError, OSError) as exc:
                 await lease.release(Outcome.FAILURE)
@@ -200,7 +221,7 @@ class Forwarder:
         headers = self._headers(scope, backend.headers, rid, extra)
         try:
             response = await self._client.request(
-                self._origins[backend.id], scope["method"], tail, headers, body
+                self._origin(backend), scope["method"], tail, headers, body
             )
         except TimeoutError as exc:
             lease.fail()
@@ -262,6 +283,8 @@ class Forwarder:
             lease.fail()
         if status in _RETRY_STATUSES and not last_try:
             raise _Retry(UpstreamError(f"backend {lease.backend.id} answered {status}"))
+        if self._events is not None:
+            await self._events.started(rid, lease.backend)
         if transform is not None and status == 200:
             await transform.deliver(
                 send, response, rid, lease, sent, lambda: self._head(sent, rid, lease.backend.id)

@@ -17,16 +17,46 @@ import math
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from proxyfleet.errors import LeaseTimeout, NoHealthyBackend, PoolClosed, QueueFull, StateError
+from proxyfleet.errors import (
+    GatewayError,
+    LeaseTimeout,
+    NoHealthyBackend,
+    PoolClosed,
+    QueueFull,
+    StateError,
+)
 from proxyfleet.pool.backend import BackendSpec
 from proxyfleet.pool.health import HealthPolicy, Outcome
 from proxyfleet.pool.lease import Lease
 from proxyfleet.pool.selection import Strategy
-from proxyfleet.pool.store import BackendStatus, Grant, MemoryStore, NoCandidate, PoolStore
+from proxyfleet.pool.store import (
+    BackendStatus,
+    Grant,
+    MemoryStore,
+    NoCandidate,
+    PoolStore,
+    Unavailable,
+)
 
-__all__ = ["Pool", "PoolSettings", "PoolState"]
+__all__ = ["Grower", "Pool", "PoolSettings", "PoolState"]
+
+
+class Grower(Protocol):
+    """Adds backends when the pool runs out (see :mod:`proxyfleet.orchestrator`)."""
+
+    def demand(self, waiting: int) -> GatewayError | bool:
+        """A request found no free backend and ``waiting`` are queued already.
+
+        True: capacity is on its way, wait for it. False: no help from here (wait for a busy
+        backend, or fail when none is usable). An error: fail this request with it now."""
+        ...
+
+    @property
+    def growing(self) -> bool:
+        """A backend is being added right now: waiters should not give up for lack of one."""
+        ...
 
 
 class PoolState(enum.Enum):
@@ -83,8 +113,10 @@ class Pool:
         backends: Sequence[BackendSpec],
         settings: PoolSettings | None = None,
         store: PoolStore | None = None,
+        *,
+        elastic: bool = False,
     ) -> None:
-        if not backends:
+        if not backends and not elastic:
             raise ValueError("a pool needs at least one backend")
         self.settings = settings = settings or PoolSettings()
         self.backends = tuple(backends)
@@ -95,6 +127,7 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.grower: Grower | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -142,17 +175,26 @@ class Pool:
             raise PoolClosed("the gateway is shutting down")
         store = self._store
         settings = self.settings
+        unusable: Unavailable | None = None
         if not self._waiters:
             result = await store.acquire(settings.selection, exclude, holder=request_id)
             if isinstance(result, Grant):
                 return Lease(self, result, request_id, 0.0)
             if result.reason is NoCandidate.NONE:
-                raise self._no_healthy(result.retry_after)
+                if self.grower is None:
+                    raise self._no_healthy(result.retry_after)
+                unusable = result
         if len(self._waiters) >= settings.queue_limit:
             raise QueueFull(
                 f"all backends are busy and {len(self._waiters)} requests are already waiting",
                 retry_after=1.0,
             )
+        if self.grower is not None:
+            verdict = self.grower.demand(len(self._waiters))
+            if isinstance(verdict, GatewayError):
+                raise verdict
+            if unusable is not None and not verdict:
+                raise self._no_healthy(unusable.retry_after)
         return await self._wait(
             request_id, settings.lease_timeout if timeout is None else timeout, exclude
         )
@@ -220,6 +262,8 @@ class Pool:
                 else:
                     waiter.future.set_result(result)
             elif result.reason is NoCandidate.NONE:
+                if self.grower is not None and self.grower.growing:
+                    continue  # a backend is on its way
                 self._waiters.pop(waiter, None)
                 if not waiter.future.done():
                     waiter.future.set_exception(self._no_healthy(result.retry_after))
@@ -258,6 +302,34 @@ class Pool:
             self.settings.selection, only=backend_id, holder=request_id
         )
         return Lease(self, result, request_id, 0.0) if isinstance(result, Grant) else None
+
+    # -- elastic membership ----------------------------------------------------------------------
+    async def add_backend(self, backend: BackendSpec) -> None:
+        """A new backend joins; the first waiter takes it at once."""
+        await self._store.add(backend)
+        self.backends = (*self.backends, backend)
+        if self._waiters:
+            await self._serve_waiters()
+            self._arm_wakeup()
+
+    async def remove_backend(self, backend_id: str) -> bool:
+        """An idle backend leaves; False (and nothing changes) while it is leased."""
+        if not await self._store.remove(backend_id):
+            return False
+        self.backends = tuple(b for b in self.backends if b.id != backend_id)
+        return True
+
+    def fail_waiters(self, error: GatewayError) -> int:
+        """Fail every waiter with ``error`` when no backend could serve them; returns how many."""
+        if self.ready():
+            return 0
+        failed = 0
+        for waiter in list(self._waiters):
+            self._waiters.pop(waiter, None)
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+                failed += 1
+        return failed
 
     # -- operations ----------------------------------------------------------------------------
     async def drain(self, backend_id: str, draining: bool = True) -> None:

@@ -78,6 +78,8 @@ class PoolStore(Protocol):
     ) -> Grant | Unavailable: ...
     async def release(self, grant: Grant, outcome: Outcome) -> bool: ...
     async def set_draining(self, backend_id: str, draining: bool) -> None: ...
+    async def add(self, backend: BackendSpec) -> None: ...
+    async def remove(self, backend_id: str) -> bool: ...
     def snapshot(self) -> list[BackendStatus]: ...
     def next_wakeup(self) -> float | None: ...
 
@@ -113,6 +115,7 @@ class MemoryStore:
         self._policy = policy
         self._tokens = itertools.count(1)
         self._cursor = 0
+        self._size = len(self._slots)  # next index; indices stay unique when backends leave
         self._cooling: set[_Slot] = set()  # quarantined backends
         self._now = clock
         self._wall_offset = time.time() - clock()
@@ -140,6 +143,29 @@ class MemoryStore:
             slot.health = HealthRecord()
             self._refresh(slot)
 
+    async def add(self, backend: BackendSpec) -> None:
+        """A new backend, first in line (it was never used)."""
+        if backend.id in self._by_id:
+            raise ValueError(f"backend id {backend.id!r} is already in the pool")
+        slot = _Slot(backend, self._size, backend.max_concurrency)
+        self._size += 1
+        self._slots.append(slot)
+        self._by_id[backend.id] = slot
+        rest = self._available
+        self._available = {slot: None}
+        self._available.update(rest)
+
+    async def remove(self, backend_id: str) -> bool:
+        """Take an idle backend out of the pool; False (nothing changed) while it is leased."""
+        slot = self._by_id.get(backend_id)
+        if slot is None or slot.inflight:
+            return False
+        del self._by_id[backend_id]
+        self._slots.remove(slot)
+        self._available.pop(slot, None)
+        self._cooling.discard(slot)
+        return True
+
     def snapshot(self) -> list[BackendStatus]:
         now = self._now()
         return [self._status(slot, now) for slot in self._slots]
@@ -165,7 +191,8 @@ class MemoryStore:
         if self._cooling:
             self._promote_cooled(now)
         if only is not None:
-            pool: list[_Slot] = [self._by_id[only]]
+            one = self._by_id.get(only)
+            pool: list[_Slot] = [one] if one is not None else []
             candidates = [s for s in pool if s in self._available]
         elif exclude:
             pool = [s for s in self._slots if s.spec.id not in exclude]
@@ -177,7 +204,7 @@ class MemoryStore:
             strategy,
             self._available if candidates is None else candidates,
             self._cursor,
-            len(self._slots),
+            self._size,
         )
         if slot is None:
             return self._unavailable(pool, now)
@@ -208,7 +235,7 @@ class MemoryStore:
         if slot.health.state is not Health.HEALTHY:
             slot.health = on_lease(slot.health, now)
             self._cooling.discard(slot)
-        self._cursor = (slot.index + 1) % len(self._slots)
+        self._cursor = (slot.index + 1) % self._size
         del self._available[slot]
         if slot.inflight < slot.cap and slot.health.state is Health.HEALTHY:
             self._available[slot] = None  # stays available, now most recently used

@@ -154,6 +154,11 @@ class UpstreamClient:
         self._idle.clear()
         self._live.clear()
 
+    def forget(self, origin: Origin) -> None:
+        """Close the idle connections to an origin that left the pool."""
+        for conn in self._idle.pop((origin.scheme, origin.host, origin.port), ()):
+            conn.close()
+
     @property
     def open_connections(self) -> int:
         return len(self._live)

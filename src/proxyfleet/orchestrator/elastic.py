@@ -1,0 +1,446 @@
+"""An elastic pool: backends are added when every one is busy and released when idle.
+
+The controller is the pool's :class:`~proxyfleet.pool.pool.Grower`. A request that finds no free
+backend asks it for capacity; one provisioning runs at a time (a burst of waiters triggers one,
+not one each), and when it lands and requests are still waiting, the next one starts. Failed
+attempts are retried after the orchestrator's ETA or with capped exponential backoff, a
+non-retryable refusal ends the burst at once, and a circuit breaker stops calls to a provisioner
+that keeps failing. The orchestrator's status is polled; while it says it cannot provision,
+requests that would need a new backend fail fast with 503 and its ETA as ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proxyfleet.config.model import ProvisionerConfig
+from proxyfleet.debuglog.recorder import DebugRecorder
+from proxyfleet.errors import (
+    GatewayError,
+    ProvisionerError,
+    ProvisioningBlocked,
+    ProvisioningFailed,
+)
+from proxyfleet.logs import event
+from proxyfleet.orchestrator.api import Engine, OrchestratorStatus
+from proxyfleet.orchestrator.policy import Breaker, BreakerState, retry_delay
+from proxyfleet.orchestrator.provisioner import Provisioner
+from proxyfleet.pool import BackendSpec, Pool
+
+__all__ = ["Elastic"]
+
+_log = logging.getLogger("proxyfleet.orchestrator")
+
+
+@dataclass(slots=True)
+class _Member:
+    engine: Engine
+    origin: str  # provisioned (ours to release) or adopted (the orchestrator's)
+    added: float  # monotonic
+
+
+@dataclass(slots=True)
+class _Block:
+    reason: str
+    until: float | None  # monotonic; None: until the status says otherwise
+
+
+class Elastic:
+    """``async with Elastic(pool, provisioner, config, …):`` — the pool grows and shrinks."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        provisioner: Provisioner,
+        config: ProvisionerConfig,
+        max_concurrency: int,
+        debug: DebugRecorder | None = None,
+        on_release: Callable[[BackendSpec], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._provisioner = provisioner
+        self._config = config
+        self._cap = max_concurrency
+        self._debug = debug
+        self._on_release = on_release
+        self._breaker = Breaker(config.breaker_failures, config.breaker_cooldown)
+        self._members: dict[str, _Member] = {}
+        self._growth: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._block: _Block | None = None
+        self.status: OrchestratorStatus | None = None
+        self.provisioned = 0
+        self.released = 0
+        self.failures = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> Elastic:
+        await self._provisioner.open()
+        self._pool.grower = self
+        if self._provisioner.has_status:
+            await self.poll_status()
+            if self._config.adopt:
+                await self._adopt()
+        if self._provisioner.has_status:
+            self._tasks.append(asyncio.create_task(self._poll(), name="proxyfleet-status"))
+        self._tasks.append(asyncio.create_task(self._reap(), name="proxyfleet-reaper"))
+        if self._wanted():
+            self._start_growth("")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._pool.grower = None
+        tasks = [*self._tasks, *([self._growth] if self._growth else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._config.release_command:
+            for backend_id, member in list(self._members.items()):
+                if member.origin == "provisioned" and await self._pool.remove_backend(backend_id):
+                    await self._release(backend_id, "gateway_stopped")
+        await self._provisioner.close()
+
+    # -- the Grower protocol ------------------------------------------------------------------
+    @property
+    def growing(self) -> bool:
+        return self._growth is not None
+
+    def demand(self, waiting: int) -> GatewayError | bool:
+        if len(self._pool.backends) >= self._config.max_backends:
+            return False
+        now = time.monotonic()
+        blocked = self._blocked(now)
+        if blocked is not None:
+            return blocked
+        if self._growth is not None:
+            return True
+        if self._breaker.state(now) is BreakerState.OPEN:
+            if self._pool.ready():
+                return False
+            return ProvisioningFailed(
+                f"provisioning is paused after {self._breaker.consecutive} failures in a row "
+                f"(circuit breaker open, provisioner {self._provisioner.name})",
+                retry_after=_seconds(self._breaker.remaining(now)),
+            )
+        self._start_growth("")
+        return True
+
+    def can_grow(self) -> bool:
+        """Could a request that finds no backend get one (for readiness)?"""
+        now = time.monotonic()
+        return (
+            len(self._pool.backends) < self._config.max_backends
+            and self._blocked(now) is None
+            and self._breaker.state(now) is not BreakerState.OPEN
+        )
+
+    def _blocked(self, now: float) -> ProvisioningBlocked | None:
+        block = self._block
+        if block is None:
+            return None
+        if block.until is not None and now >= block.until:
+            self._block = None
+            return None
+        status = self.status
+        eta = (
+            block.until - now
+            if block.until is not None
+            else (status.recovery_eta_seconds if status is not None else None)
+        )
+        return ProvisioningBlocked(
+            f"every backend is busy and the orchestrator cannot provision another: {block.reason}",
+            retry_after=_seconds(eta if eta is not None else self._config.status_interval),
+        )
+
+    # -- growing -------------------------------------------------------------------------------
+    def _wanted(self) -> bool:
+        count = len(self._pool.backends)
+        if count >= self._config.max_backends:
+            return False
+        return count < self._config.min_backends or self._pool.waiting > 0
+
+    def _start_growth(self, rid: str) -> None:
+        if self._growth is None:
+            first = self._pool.queue()
+            if not rid and first:
+                rid = str(first[0]["request_id"])
+            self._growth = asyncio.create_task(self._grow(rid), name="proxyfleet-provision")
+            self._growth.add_done_callback(self._grown)
+
+    def _grown(self, task: asyncio.Task[None]) -> None:
+        if self._growth is task:
+            self._growth = None
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("provisioning task failed", exc_info=task.exception())
+
+    async def _grow(self, rid: str) -> None:
+        """Provision until nobody waits (or the limit), one backend at a time."""
+        attempt = 0
+        while True:
+            attempt += 1
+            now = time.monotonic()
+            if not self._breaker.allow(now):
+                self._give_up(rid, None)
+                return
+            started = time.perf_counter()
+            try:
+                engine = await self._provisioner.provision(rid)
+            except ProvisionerError as exc:
+                if not await self._failed(rid, exc, attempt, time.perf_counter() - started):
+                    return
+                continue
+            await self._landed(rid, engine, attempt, time.perf_counter() - started)
+            if not self._wanted():
+                return
+            attempt = 0
+            queue = self._pool.queue()
+            rid = str(queue[0]["request_id"]) if queue else ""
+
+    async def _landed(self, rid: str, engine: Engine, attempt: int, seconds: float) -> None:
+        self._breaker.success()
+        self._block = None
+        self.provisioned += 1
+        if self._debug is not None:
+            self._debug.provisioning(
+                rid or None,
+                "provision_success",
+                seconds,
+                True,
+                retry=attempt - 1,
+                backend=engine.id,
+            )
+        event(
+            _log,
+            "backend_provisioned",
+            backend=engine.id,
+            seconds=round(seconds, 3),
+            backends=len(self._pool.backends) + 1,
+        )
+        await self._join(engine, "provisioned")
+
+    async def _failed(self, rid: str, exc: ProvisionerError, attempt: int, seconds: float) -> bool:
+        """Record a failed attempt; True when another attempt should follow (after a pause)."""
+        now = time.monotonic()
+        self.failures += 1
+        opened = self._breaker.failure(now)
+        if exc.eta is not None and exc.retryable:
+            self._block = _Block(exc.message, now + exc.eta)
+            blocked = self._blocked(now)
+            if blocked is not None:
+                self._pool.fail_waiters(blocked)
+        if self._debug is not None:
+            self._debug.provisioning(
+                rid or None,
+                "provision_attempt_failed",
+                seconds,
+                False,
+                error=exc.message,
+                retry=attempt,
+                code=exc.code,
+            )
+            if opened:
+                self._debug.breaker_open(self._provisioner.name, self._breaker.consecutive)
+        event(
+            _log,
+            "provisioning_failed",
+            logging.WARNING,
+            attempt=attempt,
+            code=exc.code,
+            error=exc.message,
+            breaker="open" if opened else None,
+        )
+        if not exc.retryable or opened or attempt >= self._config.attempts:
+            self._give_up(rid, exc)
+            return False
+        delay = retry_delay(exc.eta, attempt, self._config.backoff, self._config.backoff_cap)
+        await asyncio.sleep(delay)
+        return self._wanted()
+
+    def _give_up(self, rid: str, exc: ProvisionerError | None) -> None:
+        """The burst ends without a backend: waiters with nothing to wait for fail now."""
+        now = time.monotonic()
+        if exc is None or self._breaker.state(now) is BreakerState.OPEN:
+            error: GatewayError = ProvisioningFailed(
+                f"provisioning is paused: the circuit breaker opened after "
+                f"{self._breaker.consecutive} failures in a row"
+                + (f" (last: {exc.message})" if exc is not None else ""),
+                retry_after=_seconds(self._breaker.remaining(now)),
+            )
+        elif self._block is not None:
+            blocked = self._blocked(now)
+            error = blocked if blocked is not None else ProvisioningFailed(exc.message)
+        else:
+            error = ProvisioningFailed(
+                f"could not provision a backend: {exc.message}",
+                retry_after=_seconds(self._config.backoff),
+            )
+        if self._debug is not None:
+            self._debug.provisioning(
+                rid or None,
+                "provision_failed",
+                0.0,
+                False,
+                error=error.message,
+                retry=self._breaker.consecutive,
+            )
+        self._pool.fail_waiters(error)
+
+    async def _join(self, engine: Engine, origin: str) -> None:
+        if engine.id in {b.id for b in self._pool.backends}:
+            return
+        spec = BackendSpec(
+            engine.id, engine.url, (), self._cap, f"{origin}:{self._provisioner.name}"
+        )
+        self._members[engine.id] = _Member(engine, origin, time.monotonic())
+        await self._pool.add_backend(spec)
+
+    async def _adopt(self) -> None:
+        started = time.perf_counter()
+        try:
+            engines = await self._provisioner.engines()
+        except ProvisionerError as exc:
+            if self._debug is not None:
+                self._debug.provisioning(
+                    None, "adopt", time.perf_counter() - started, False, error=exc.message
+                )
+            event(_log, "adopt_failed", logging.WARNING, error=exc.message)
+            return
+        room = self._config.max_backends - len(self._pool.backends)
+        for engine in engines[: max(room, 0)]:
+            await self._join(engine, "adopted")
+        if self._debug is not None:
+            self._debug.provisioning(
+                None,
+                "adopt",
+                time.perf_counter() - started,
+                True,
+                backends=[e.id for e in engines[: max(room, 0)]],
+            )
+
+    # -- shrinking -----------------------------------------------------------------------------
+    async def _reap(self) -> None:
+        interval = max(0.05, min(self._config.idle_ttl / 4, 5.0))
+        while True:
+            await asyncio.sleep(interval)
+            await self.reap_once()
+
+    async def reap_once(self) -> list[str]:
+        """Release provisioned backends idle for ``idle_ttl`` while above ``min_backends``."""
+        now_wall, now = time.time(), time.monotonic()
+        released: list[str] = []
+        for status in sorted(self._pool.snapshot(), key=lambda s: s.last_used or 0.0):
+            if len(self._pool.backends) <= self._config.min_backends:
+                break
+            member = self._members.get(status.id)
+            if member is None or member.origin != "provisioned" or status.inflight:
+                continue
+            idle = now_wall - status.last_used if status.last_used else now - member.added
+            if idle < self._config.idle_ttl:
+                continue
+            spec = next((b for b in self._pool.backends if b.id == status.id), None)
+            if spec is None or not await self._pool.remove_backend(status.id):
+                continue
+            await self._release(status.id, "idle", idle)
+            if self._on_release is not None:
+                self._on_release(spec)
+            released.append(status.id)
+        return released
+
+    async def _release(self, backend_id: str, reason: str, idle: float | None = None) -> None:
+        self._members.pop(backend_id, None)
+        self.released += 1
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            await self._provisioner.release(backend_id)
+        except ProvisionerError as exc:
+            error = exc.message
+        if self._debug is not None:
+            self._debug.provisioning(
+                None,
+                "release",
+                time.perf_counter() - started,
+                error is None,
+                error=error,
+                backend=backend_id,
+                reason=reason,
+            )
+        event(
+            _log,
+            "backend_released",
+            logging.INFO if error is None else logging.WARNING,
+            backend=backend_id,
+            reason=reason,
+            idle_seconds=None if idle is None else round(idle, 1),
+            error=error,
+        )
+
+    # -- orchestrator health -------------------------------------------------------------------
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.status_interval)
+            await self.poll_status()
+            if self._wanted():
+                self._start_growth("")
+
+    async def poll_status(self) -> None:
+        started = time.perf_counter()
+        try:
+            status = await self._provisioner.status()
+        except ProvisionerError as exc:
+            status = OrchestratorStatus("unavailable", False, f"status check failed: {exc}")
+        seconds = time.perf_counter() - started
+        previous, self.status = self.status, status
+        if not status.can_provision:
+            eta = status.recovery_eta_seconds
+            until = time.monotonic() + eta if eta is not None else None
+            self._block = _Block(status.blocked_reason or f"orchestrator is {status.status}", until)
+        elif self._block is not None and self._block.until is None:
+            self._block = None
+        if self._debug is not None:
+            self._debug.orchestrator_health(seconds, **status.fields())
+        if previous is None or (previous.status, previous.can_provision) != (
+            status.status,
+            status.can_provision,
+        ):
+            event(
+                _log,
+                "orchestrator_status",
+                logging.INFO if status.status == "healthy" else logging.WARNING,
+                status=status.status,
+                can_provision=status.can_provision,
+                blocked_reason=status.blocked_reason,
+            )
+
+    # -- admin -------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        now = time.monotonic()
+        config = self._config
+        return {
+            "provisioner": self._provisioner.name,
+            "min_backends": config.min_backends,
+            "max_backends": config.max_backends,
+            "idle_ttl": config.idle_ttl,
+            "provisioning": self.growing,
+            "provisioned_total": self.provisioned,
+            "released_total": self.released,
+            "failures_total": self.failures,
+            "breaker": {
+                "state": self._breaker.state(now).value,
+                "consecutive_failures": self._breaker.consecutive,
+                "retry_in_seconds": round(self._breaker.remaining(now), 3),
+            },
+            "blocked": None if self._block is None else self._block.reason,
+            "orchestrator": None if self.status is None else self.status.fields(),
+            "members": {k: m.origin for k, m in self._members.items()},
+        }
+
+
+def _seconds(value: float | None) -> float:
+    return float(max(1, math.ceil(value))) if value is not None else 1.0
