@@ -55,7 +55,7 @@ class Proc:
     @property
     def root(self) -> str:
         """``http://host:port`` without the /v1."""
-        return self.url.rsplit("/v1", 1)[0]
+        return self.url.rsplit("/v1", 1)[0] if self.url.endswith("/v1") else self.url
 
     def get_json(
         self, path: str, timeout: float = 5.0, headers: dict[str, str] | None = None
@@ -101,6 +101,12 @@ class Processes:
     def mock(self, *flags: str, port: int = 0) -> Proc:
         proc = self.spawn("mock", "--port", str(port), *flags)
         proc.url = proc.wait_for_line("mock listening on ").split()[-1]
+        return proc
+
+    def orchestrator(self, *flags: str) -> Proc:
+        """``proxyfleet mock-orchestrator`` on a free port; ``url`` is its base URL."""
+        proc = self.spawn("mock-orchestrator", "--port", "0", *flags)
+        proc.url = proc.wait_for_line("mock orchestrator listening on ").split()[-1]
         return proc
 
     def gateway(self, *flags: str, env: dict[str, str] | None = None) -> Proc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from proxyfleet.config import load_config, resolve_backends
 from proxyfleet.errors import ConfigError
@@ -109,3 +110,15 @@ def test_debug_mode_variables() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, env={"DEBUG_MODE": "maybe"})
     assert info.value.source == "environment variable DEBUG_MODE"
+
+
+def test_elastic_example_loads_with_every_provisioner_field() -> None:
+    example = EXAMPLE.with_name("elastic.yaml")
+    config = load_config(example)
+    provisioner = config.pool.provisioner
+    assert provisioner is not None
+    assert provisioner.url == "http://127.0.0.1:8000"
+    written = yaml.safe_load(example.read_text())["pool"]["provisioner"]
+    assert set(written) == set(type(provisioner).model_fields) - {"command", "release_command"}
+    assert resolve_backends(config) == ()  # an elastic pool may start empty
+    assert "demo-key" not in repr(config)

@@ -83,7 +83,13 @@ class OrchestratorMock:
         self.debug = debug
         self.engines: dict[str, _Engine] = {}
         self.events: list[dict[str, Any]] = []
-        self.counts = {"provision_requests": 0, "provisioned": 0, "failed": 0, "released": 0}
+        self.counts = {
+            "provision_requests": 0,
+            "provisioned": 0,
+            "failed": 0,
+            "released": 0,
+            "unauthorized": 0,
+        }
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
 
@@ -209,11 +215,14 @@ ORCHESTRATOR = web.AppKey("orchestrator", OrchestratorMock)
 
 
 def _authorized(request: web.Request) -> bool:
-    key = request.app[ORCHESTRATOR].api_key
-    if key is None:
+    mock = request.app[ORCHESTRATOR]
+    if mock.api_key is None:
         return True
     given = request.headers.get("Authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {key}".encode())
+    if hmac.compare_digest(given.encode(), f"Bearer {mock.api_key}".encode()):
+        return True
+    mock.counts["unauthorized"] += 1
+    return False
 
 
 def _unauthorized() -> web.Response:

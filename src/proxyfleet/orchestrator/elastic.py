@@ -111,7 +111,7 @@ class Elastic:
     def growing(self) -> bool:
         return self._growth is not None
 
-    def demand(self, waiting: int) -> GatewayError | bool:
+    def demand(self, request_id: str, waiting: int) -> GatewayError | bool:
         if len(self._pool.backends) >= self._config.max_backends:
             return False
         now = time.monotonic()
@@ -128,7 +128,7 @@ class Elastic:
                 f"(circuit breaker open, provisioner {self._provisioner.name})",
                 retry_after=_seconds(self._breaker.remaining(now)),
             )
-        self._start_growth("")
+        self._start_growth(request_id)
         return True
 
     def can_grow(self) -> bool:
@@ -401,8 +401,8 @@ class Elastic:
             eta = status.recovery_eta_seconds
             until = time.monotonic() + eta if eta is not None else None
             self._block = _Block(status.blocked_reason or f"orchestrator is {status.status}", until)
-        elif self._block is not None and self._block.until is None:
-            self._block = None
+        else:
+            self._block = None  # the orchestrator says it can provision again
         if self._debug is not None:
             self._debug.orchestrator_health(seconds, **status.fields())
         if previous is None or (previous.status, previous.can_provision) != (

@@ -137,6 +137,9 @@ class HttpProvisioner:
             raise parse_refusal(status, data)
 
 
+_INTERPRETERS = ("python", "sh", "bash", "node", "uv")
+
+
 class CommandProvisioner:
     """A local command, run once per new backend; it prints ``{"id": ..., "url": ...}``."""
 
@@ -147,7 +150,12 @@ class CommandProvisioner:
 
     @property
     def name(self) -> str:
-        return os.path.basename(self._config.command[0])
+        """The script's name (not its arguments, which may hold secrets)."""
+        argv = self._config.command
+        program = os.path.basename(argv[0])
+        if len(argv) > 1 and program.startswith(_INTERPRETERS):
+            return os.path.basename(argv[1])
+        return program
 
     async def open(self) -> None:
         return None

@@ -46,8 +46,8 @@ __all__ = ["Grower", "Pool", "PoolSettings", "PoolState"]
 class Grower(Protocol):
     """Adds backends when the pool runs out (see :mod:`proxyfleet.orchestrator`)."""
 
-    def demand(self, waiting: int) -> GatewayError | bool:
-        """A request found no free backend and ``waiting`` are queued already.
+    def demand(self, request_id: str, waiting: int) -> GatewayError | bool:
+        """Request ``request_id`` found no free backend; ``waiting`` are queued already.
 
         True: capacity is on its way, wait for it. False: no help from here (wait for a busy
         backend, or fail when none is usable). An error: fail this request with it now."""
@@ -190,7 +190,7 @@ class Pool:
                 retry_after=1.0,
             )
         if self.grower is not None:
-            verdict = self.grower.demand(len(self._waiters))
+            verdict = self.grower.demand(request_id, len(self._waiters))
             if isinstance(verdict, GatewayError):
                 raise verdict
             if unusable is not None and not verdict:
