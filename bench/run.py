@@ -57,6 +57,7 @@ SSE_BODY = (
     )
     + "data: [DONE]\n\n"
 )
+REQ_PATH = "/v1/chat/completions"
 REQUEST = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]})
 
 # Shared head of both nginx configs: everything under the bench's own directory, no root needed.
@@ -319,6 +320,12 @@ def main() -> int:
         default=5,
         help="interleaved debug-off/debug-on pairs for the overhead figure",
     )
+    parser.add_argument(
+        "--only",
+        choices=("all", "debug"),
+        default="all",
+        help="'debug': only the debug-mode overhead pairs (about a minute)",
+    )
     args = parser.parse_args()
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"  # Debian's nginx
     for tool in ("nginx", "wrk", "taskset"):
@@ -360,9 +367,17 @@ def main() -> int:
     py = sys.executable
     env = dict(os.environ)
     d, c = args.duration, args.connections
+    if args.only == "debug":
+        with process(
+            pinned_nginx("1", nginx, work, str(work / "upstream.conf")), work / "upstream.log"
+        ):
+            wait_port(up_port)
+            print(debug_overhead(work, config, lua, c, d, args.debug_pairs, py, env, REQ_PATH))
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
     rows: dict[str, dict[str, Result]] = {"non-streaming": {}, "streaming": {}}
     ratios: dict[str, list[float]] = {}
-    paths = {"non-streaming": "/v1/chat/completions", "streaming": "/v1/stream/completions"}
+    paths = {"non-streaming": REQ_PATH, "streaming": "/v1/stream/completions"}
     with (
         process(
             pinned_nginx("1", nginx, work, str(work / "upstream.conf")),

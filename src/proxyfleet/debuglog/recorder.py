@@ -32,6 +32,7 @@ class DebugRecorder:
             )
         )
         self._queue_limit = queue_limit
+        self._log_hot = self.log.log_hot
         self._slow_request = config.slow_request
         self._slow_selection = config.slow_selection
         self._saturated = config.queue_saturation * queue_limit if queue_limit else float("inf")
@@ -64,18 +65,9 @@ class DebugRecorder:
         size: int,
         ttfb: float | None,
     ) -> None:
-        self.log.log(
-            "requests",
-            rid,
-            method=method,
-            path=path,
-            status=status,
-            duration_ms=round(seconds * 1000, 3),
-            backend=backend,
-            bytes=size,
-            ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3),
-        )
-        self._stress(self.detector.request(time.monotonic(), seconds, rid), rid)
+        self._log_hot("requests", rid, (method, path, status, seconds, backend, size, ttfb))
+        if seconds > self._slow_request:  # only slow requests can raise a stress event
+            self._stress(self.detector.request(time.monotonic(), seconds, rid), rid)
 
     def selection(
         self,
@@ -87,19 +79,13 @@ class DebugRecorder:
         candidates: int,
         attempt: int,
     ) -> None:
-        self.log.log(
-            "engine_selection",
-            rid,
-            strategy=strategy,
-            backend=backend,
-            wait_ms=round(wait * 1000, 3),
-            queue_depth=waiting,
-            candidates=candidates,
-            attempt=attempt,
+        self._log_hot(
+            "engine_selection", rid, (strategy, backend, wait, waiting, candidates, attempt)
         )
-        self._stress(
-            self.detector.selection(time.monotonic(), wait, waiting, self._queue_limit), rid
-        )
+        if wait > self._slow_selection or waiting >= self._saturated:
+            self._stress(
+                self.detector.selection(time.monotonic(), wait, waiting, self._queue_limit), rid
+            )
 
     def stream(self, rid: str, event: str, backend: str | None, **fields: Any) -> None:
         self.log.log("streams", rid, event=event, backend=backend, **fields)

@@ -2,8 +2,9 @@
 
 Every line starts with ``session_id``, ``timestamp`` (UTC, RFC 3339 with nanoseconds) and
 ``elapsed_seconds``, then ``request_id`` where there is one, then the category's fields. The
-request path only appends a dict to a bounded queue (when full, the entry is counted as dropped,
-never waited for); a background thread encodes, redacts and writes in batches. Files are 0600 in
+request path only appends a dict (or, for the per-request categories, a tuple) to a bounded
+queue (when full, the entry is counted as dropped, never waited for); a background thread
+encodes, redacts and writes in batches. Files are 0600 in
 a 0700 directory. The number of dropped entries goes to the ``session`` file at the end.
 """
 
@@ -24,7 +25,7 @@ import orjson
 
 from proxyfleet.logs import SECRET_KEYS, redact
 
-__all__ = ["CATEGORIES", "DebugLog", "rfc3339_ns"]
+__all__ = ["CATEGORIES", "HOT_FIELDS", "DebugLog", "rfc3339_ns"]
 
 CATEGORIES = (
     "session",
@@ -39,6 +40,20 @@ CATEGORIES = (
 )
 
 
+_COMMON = b'%s%s.%09dZ","elapsed_seconds":%.6f,"request_id":"%s"'
+_REQUESTS_LINE = _COMMON + (
+    b',"method":%s,"path":%s,"status":%d,"duration_ms":%.3f,"backend":%s,"bytes":%d,"ttfb_ms":%s}'
+)
+_SELECTION_LINE = _COMMON + (
+    b',"strategy":%s,"backend":%s,"wait_ms":%.3f,"queue_depth":%d,"candidates":%d,"attempt":%d}'
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _second_bytes(seconds: int) -> bytes:
+    return _second(seconds).encode()
+
+
 @functools.lru_cache(maxsize=4)
 def _second(seconds: int) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
@@ -51,6 +66,19 @@ def rfc3339_ns(ns: int) -> str:
 
 
 _SUSPECT = ("earer", "sk-", "ookie", "pi-key", "pi_key")
+_DICT, _HOT = 0, 1
+#: The per-request categories written from tuples, and their fields in order.
+HOT_FIELDS = {
+    "requests": ("method", "path", "status", "duration_ms", "backend", "bytes", "ttfb_ms"),
+    "engine_selection": (
+        "strategy",
+        "backend",
+        "wait_ms",
+        "queue_depth",
+        "candidates",
+        "attempt",
+    ),
+}
 
 
 def _clean(value: Any, secret: frozenset[str]) -> Any:
@@ -83,10 +111,11 @@ class DebugLog:
         self._start_ns = time.time_ns()
         self.session_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S")
         self._head = b'{"session_id":"' + self.session_id.encode() + b'","timestamp":"'
-        # (category, time_ns, request_id, fields, False) or (category, 0, None, line, True)
+        # (category, time_ns, request_id, fields dict or hot tuple, kind)
         self._queue: collections.deque[
-            tuple[str, int, str | None, dict[str, Any] | bytes, bool]
+            tuple[str, int, str | None, dict[str, Any] | tuple[Any, ...], int]
         ] = collections.deque()
+        self._strings: dict[str, bytes] = {}  # JSON-encoded (and redacted) hot strings
         self._limit = queue_limit
         self.dropped = 0
         self.written = 0
@@ -114,7 +143,7 @@ class DebugLog:
             "entries_dropped": self.dropped,
             **fields,
         }
-        self._queue.append(("session", time.time_ns(), None, end, False))
+        self._queue.append(("session", time.time_ns(), None, end, _DICT))
         self._stop.set()
         self._wake.set()
         self._thread.join(10)
@@ -128,18 +157,17 @@ class DebugLog:
         if len(self._queue) >= self._limit:
             self.dropped += 1
             return
-        self._queue.append((category, time.time_ns(), request_id, fields, False))
+        self._queue.append((category, time.time_ns(), request_id, fields, _DICT))
 
-    def log_trusted(self, category: str, request_id: str, fields: dict[str, Any]) -> None:
-        """:meth:`log` for entries the gateway built from its own values (numbers, ids,
-        methods, paths without query): they skip the secret scan. Never pass client text."""
+    def log_hot(self, category: str, request_id: str, values: tuple[Any, ...]) -> None:
+        """:meth:`log` for the per-request categories (``requests``, ``engine_selection``):
+        a tuple in the category's fixed field order, formatted by the writer thread from a
+        template (see :data:`HOT_FIELDS`). The cheapest entry there is: no dict, no encoding here.
+        """
         if len(self._queue) >= self._limit:
             self.dropped += 1
             return
-        # encoded here, in C, so the writer thread only joins and writes them
-        self._queue.append(
-            (category, 0, None, self._encode(time.time_ns(), request_id, fields), True)
-        )
+        self._queue.append((category, time.time_ns(), request_id, values, _HOT))
 
     def path(self, category: str) -> Path:
         return self.directory / f"{self.session_id}_{category}.jsonl"
@@ -166,17 +194,70 @@ class DebugLog:
             b"," + body[1:] if len(body) > 2 else b"}",
         )
 
+    def _string(self, value: str | None) -> bytes:
+        """A hot string field as JSON, redacted when it looks like a secret; memoised (the
+        values repeat: methods, routes, backend ids)."""
+        if value is None:
+            return b"null"
+        encoded = self._strings.get(value)
+        if encoded is None:
+            encoded = orjson.dumps(_clean(value, self._secret))
+            if len(self._strings) < 4096:
+                self._strings[value] = encoded
+        return encoded
+
+    def _encode_hot(
+        self, category: str, ns: int, rid: str | None, values: tuple[Any, ...]
+    ) -> bytes:
+        """One template per category. Request ids are the gateway's (checked against a safe
+        character set), so they go in as they are; other strings through :meth:`_string`."""
+        seconds, rest = divmod(ns, 1_000_000_000)
+        string = self._string
+        common = (
+            self._head,
+            _second_bytes(seconds),
+            rest,
+            (ns - self._start_ns) / 1e9,
+            (rid or "").encode(),
+        )
+        if category == "requests":
+            method, path, status, duration, backend, size, ttfb = values
+            return _REQUESTS_LINE % (
+                *common,
+                string(method),
+                string(path),
+                status,
+                duration * 1000,
+                string(backend),
+                size,
+                b"null" if ttfb is None else b"%.3f" % (ttfb * 1000),
+            )
+        strategy, backend, wait, depth, candidates, attempt = values
+        return _SELECTION_LINE % (
+            *common,
+            string(strategy),
+            string(backend),
+            wait * 1000,
+            depth,
+            candidates,
+            attempt,
+        )
+
     def _drain(self) -> None:
-        batches: dict[str, list[bytes]] = collections.defaultdict(list)
+        batches: dict[str, list[bytes]] = {}
         queue, secret = self._queue, self._secret
-        while queue:
-            category, ns, rid, payload, encoded = queue.popleft()
-            if encoded:
-                assert isinstance(payload, bytes)
-                batches[category].append(payload)
-            else:
-                assert isinstance(payload, dict)
-                batches[category].append(self._encode(ns, rid, _clean(payload, secret)))
+        popleft, hot, encode = queue.popleft, self._encode_hot, self._encode
+        for _ in range(len(queue)):
+            category, ns, rid, payload, kind = popleft()
+            line = (
+                hot(category, ns, rid, payload)  # type: ignore[arg-type]
+                if kind == _HOT
+                else encode(ns, rid, _clean(payload, secret))
+            )
+            lines = batches.get(category)
+            if lines is None:
+                lines = batches[category] = []
+            lines.append(line)
         for category, lines in batches.items():
             handle = self._file(category)
             handle.write(b"\n".join(lines) + b"\n")
