@@ -117,8 +117,14 @@ class Processes:
         return proc
 
     def close(self) -> None:
+        """SIGTERM first (so processes stop what they started), SIGKILL what lingers."""
         for proc in self.procs:
             if proc.popen.poll() is None:
+                proc.popen.terminate()
+        for proc in self.procs:
+            try:
+                proc.popen.wait(10)
+            except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait(5)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -109,3 +110,16 @@ def test_busy_port_exits_1() -> None:
         result = run_cli("mock-orchestrator", "--port", str(port))
     assert result.returncode == 1
     assert str(port) in result.stderr
+
+
+def test_engines_die_with_a_killed_orchestrator(procs: Processes) -> None:
+    orch = procs.orchestrator()
+    status, _ = call(orch, "POST", "/provision/acestream", {}, key=None)
+    assert status == 200
+    pid = orch.get_json("/engines")[0]["pid"]
+    orch.popen.kill()  # no chance to clean up
+    orch.popen.wait(5)
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)

@@ -112,6 +112,7 @@ class OrchestratorMock:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
+            env=dict(os.environ, PROXYFLEET_DIE_WITH_PARENT=str(os.getpid())),
         )
         assert process.stdout is not None
         try:

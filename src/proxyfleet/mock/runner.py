@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import os
 import signal
 import socket
 import sys
@@ -69,6 +72,18 @@ async def running_mock(
         await server.stop()
 
 
+def die_with_parent() -> None:
+    """When started by the mock orchestrator (``PROXYFLEET_DIE_WITH_PARENT`` holds its pid):
+    get SIGTERM when it dies, even by SIGKILL, so no engine outlives it (Linux only)."""
+    parent = os.environ.get("PROXYFLEET_DIE_WITH_PARENT")
+    if not parent:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if str(os.getppid()) != parent:  # it died before we could ask
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 async def serve_mock(
     host: str, port: int, settings: MockSettings, debug_dir: Path | None = None
 ) -> None:
@@ -77,6 +92,7 @@ async def serve_mock(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    die_with_parent()
     async with running_mock(host, port, settings, debug_dir) as server:
         print(f"mock listening on {server.base_url}", flush=True)
         print(
