@@ -226,7 +226,7 @@ def resolve_backends(config: Config) -> tuple[BackendSpec, ...]:
                 spec.source, "id", f"duplicate backend id {spec.id!r} (also in {seen[spec.id]})"
             )
         seen[spec.id] = spec.source
-    if not specs and pool.provisioner is None:
+    if not specs and pool.provisioner is None and not config.mcp:
         raise ConfigError(
             "pool",
             "",

@@ -23,6 +23,8 @@ __all__ = [
     "Config",
     "DebugConfig",
     "LogConfig",
+    "McpRouteConfig",
+    "McpUpstreamConfig",
     "PoolConfig",
     "ProbeConfig",
     "ProviderConfig",
@@ -190,6 +192,48 @@ class PoolConfig(_Model):
         return {"mode": value} if isinstance(value, str) else value
 
 
+class McpUpstreamConfig(_Model):
+    """Where an MCP route's sessions go: a stdio server (``command``, one child process per
+    session) or a streamable-HTTP server (``url``, one upstream session per client session)."""
+
+    command: tuple[str, ...] = ()
+    env: dict[str, SecretStr] = Field(default_factory=dict, description="added to the child's")
+    cwd: Path | None = None
+    url: HttpUrl | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> McpUpstreamConfig:
+        if (self.url is None) == (not self.command):
+            raise ValueError("give exactly one of 'command' (a stdio server) or 'url'")
+        if self.url is not None and (self.env or self.cwd is not None):
+            raise ValueError("'env' and 'cwd' apply to a 'command' upstream only")
+        return self
+
+
+def _check_mcp_path(value: str) -> str:
+    if not value.startswith("/") or value == "/" or value.endswith("/"):
+        raise ValueError(f"must start with '/' and not end with one, got {value!r}")
+    if value == "/v1" or value.startswith(("/v1/", "/admin")) or value in _OPS_PATHS:
+        raise ValueError(f"{value!r} is taken by the gateway's own routes")
+    return value
+
+
+_OPS_PATHS = frozenset({"/live", "/ready", "/health", "/metrics"})
+
+
+class McpRouteConfig(_Model):
+    """One MCP route: streamable HTTP at ``path`` (POST/GET/DELETE), the legacy SSE transport at
+    ``path + "/sse"`` and ``path + "/messages"``."""
+
+    path: Annotated[str, AfterValidator(_check_mcp_path)] = "/mcp"
+    upstream: McpUpstreamConfig
+    max_sessions: int = Field(default=1000, gt=0)
+    max_sessions_per_client: int | None = Field(default=None, gt=0)
+    session_idle_timeout: float = Field(default=300.0, gt=0)
+    prestart: int = Field(default=0, ge=0, description="stdio children kept started, ready")
+    stop_timeout: float = Field(default=5.0, gt=0, description="SIGTERM to SIGKILL, seconds")
+
+
 class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access: bool = False
@@ -219,3 +263,14 @@ class Config(_Model):
     pool: PoolConfig = PoolConfig()
     log: LogConfig = LogConfig()
     debug: DebugConfig = DebugConfig()
+    mcp: tuple[McpRouteConfig, ...] = ()
+
+    @field_validator("mcp")
+    @classmethod
+    def _distinct_paths(cls, routes: tuple[McpRouteConfig, ...]) -> tuple[McpRouteConfig, ...]:
+        seen: set[str] = set()
+        for route in routes:
+            if route.path in seen:
+                raise ValueError(f"two MCP routes at {route.path!r}")
+            seen.add(route.path)
+        return routes

@@ -54,6 +54,8 @@ from proxyfleet.gateway.translate import ChatToResponses
 from proxyfleet.gateway.translate_ws import ChatWebSocket
 from proxyfleet.gateway.websocket import WebSocketRelay, reject
 from proxyfleet.logs import event
+from proxyfleet.mcpproxy.http import McpHttp, send_mcp_error
+from proxyfleet.mcpproxy.registry import Route
 from proxyfleet.orchestrator import Elastic, StreamEvents, build_provisioner
 from proxyfleet.pool import BackendSpec, Pool, PoolSettings
 from proxyfleet.pool.prober import Prober
@@ -107,7 +109,7 @@ class Gateway:
                 unhealthy_after=pool_cfg.unhealthy_after,
                 cooldown=pool_cfg.cooldown,
             ),
-            elastic=pool_cfg.provisioner is not None,
+            elastic=pool_cfg.provisioner is not None or not backends,
         )
         self.metrics = GatewayMetrics(self.pool.snapshot, lambda: self.pool.waiting)
         self.state = GatewayState.NEW
@@ -138,6 +140,10 @@ class Gateway:
         self._ops = Operations(self)
         self.elastic: Elastic | None = None
         self._events: StreamEvents | None = None
+        self.mcp = {
+            route.path: McpHttp(Route(route), config.server.max_body_bytes) for route in config.mcp
+        }
+        self._mcp_stopping: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -199,6 +205,9 @@ class Gateway:
         self._relay = WebSocketRelay(
             self._session, self.pool, strip_client_auth=strip, retries=self.config.pool.retries
         )
+        for endpoint in self.mcp.values():
+            await endpoint.route.start()
+        self._stack.push_async_callback(self._stop_mcp)
         probe = self.config.pool.probe
         if probe.enabled:
             await self._stack.enter_async_context(Prober(self.pool, self._probe, probe.interval))
@@ -228,9 +237,20 @@ class Gateway:
         event(_log, "gateway_stopped")
 
     def begin_drain(self) -> None:
-        """Called when a shutdown signal arrives: /ready turns 503 while in-flight requests end."""
+        """Called when a shutdown signal arrives: /ready turns 503 while in-flight requests end.
+
+        MCP sessions end now (they are long-lived: waiting for them would take the whole grace);
+        their clients get a JSON-RPC error for what is in flight and their children stop."""
         if self.state is GatewayState.SERVING:
             self.state = GatewayState.DRAINING
+        if self.mcp and self._mcp_stopping is None:
+            self._mcp_stopping = asyncio.ensure_future(self._stop_mcp())
+
+    async def _stop_mcp(self) -> None:
+        if self._mcp_stopping is not None and self._mcp_stopping is not asyncio.current_task():
+            await self._mcp_stopping
+            return
+        await asyncio.gather(*(e.route.stop() for e in self.mcp.values()))
 
     async def _probe(self, backend: BackendSpec) -> bool:
         assert self._session is not None
@@ -253,6 +273,8 @@ class Gateway:
             path = scope["path"]
             if path.startswith("/v1/") or path == "/v1":
                 await self._proxy(scope, receive, send, path)
+            elif path in self.mcp:
+                await self._mcp(scope, receive, send, self.mcp[path])
             else:
                 await self._ops.handle(scope, send, path)
         elif kind == "websocket":
@@ -274,6 +296,23 @@ class Gateway:
                 await self.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send, endpoint: McpHttp) -> None:
+        try:
+            self.authorize(scope)
+        except Unauthorized as error:
+            await send_mcp_error(send, 401, error.message)
+            return
+        await endpoint.handle(scope, receive, send, self.client_identity(scope))
+
+    def client_identity(self, scope: Scope) -> str:
+        """Who a client is, for per-client limits: its key (as a short digest) when client auth
+        is on, else its address."""
+        key = client_credential(scope["headers"]) if self._keys is not None else None
+        if key is not None:
+            return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        peer = scope.get("client")
+        return str(peer[0]) if peer else "unknown"
 
     # -- the proxied routes ----------------------------------------------------------------------
     def authorize(self, scope: Scope) -> None:
@@ -532,6 +571,8 @@ class Gateway:
         if not self.pool.ready():
             if self.elastic is not None and self.elastic.can_grow():
                 return True, "ready (backends are provisioned on demand)"
+            if self.mcp and not self.pool.backends and self.config.pool.provisioner is None:
+                return True, "ready (MCP routes only)"
             return False, "no healthy backend"
         return True, "ready"
 

@@ -43,6 +43,7 @@ class Operations:
             "/metrics": self._metrics,
             "/admin/pool": self._admin_pool,
             "/admin/queue": self._admin_queue,
+            "/admin/sessions": self._admin_sessions,
         }
 
     async def handle(self, scope: Scope, send: Send, path: str) -> None:
@@ -65,7 +66,9 @@ class Operations:
 
     async def _ready(self, scope: Scope, send: Send) -> None:
         ok, reason = self.gateway.readiness()
-        body = {"status": "ready" if ok else "unavailable", "reason": reason}
+        body: dict[str, object] = {"status": "ready" if ok else "unavailable", "reason": reason}
+        if self.gateway.mcp:
+            body["mcp"] = [e.route.health() for e in self.gateway.mcp.values()]
         await send_json(send, 200 if ok else 503, body)
 
     async def _health(self, scope: Scope, send: Send) -> None:
@@ -90,6 +93,7 @@ class Operations:
                 "backends": states,
                 "waiting": pool.waiting,
                 "in_flight": gateway.in_flight,
+                "mcp": [e.route.health() for e in gateway.mcp.values()],
             },
         )
 
@@ -115,6 +119,12 @@ class Operations:
                 "elastic": None if gateway.elastic is None else gateway.elastic.describe(),
             },
         )
+
+    async def _admin_sessions(self, scope: Scope, send: Send) -> None:
+        """Every MCP session: id, client, upstream pid, age, last activity, messages each way;
+        ended ones (the most recent) with why they ended."""
+        routes = [e.route.describe() for e in self.gateway.mcp.values()]
+        await send_json(send, 200, {"routes": routes})
 
     async def _admin_queue(self, scope: Scope, send: Send) -> None:
         pool, config = self.gateway.pool, self.gateway.config

@@ -1,0 +1,97 @@
+"""JSON-RPC 2.0 as MCP uses it: what a message is, and the errors the proxy answers with.
+
+Pure: bytes and dicts in, bytes and values out. The proxy reads only what it must (kind, id,
+method) and forwards every message byte for byte.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_REQUEST",
+    "PARSE_ERROR",
+    "SERVER_ERROR",
+    "Kind",
+    "Message",
+    "error_body",
+    "parse_body",
+    "parse_line",
+]
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INTERNAL_ERROR = -32603
+SERVER_ERROR = -32000  # implementation-defined: the proxy's own refusals and upstream deaths
+
+
+class Kind(enum.Enum):
+    REQUEST = "request"
+    NOTIFICATION = "notification"
+    RESPONSE = "response"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    kind: Kind
+    raw: bytes  # the message as it came, one line, no newline
+    id: Any = None  # requests and responses
+    method: str | None = None  # requests and notifications
+
+
+class InvalidMessage(ValueError):
+    """Not JSON-RPC 2.0 (the text says why)."""
+
+
+def _classify(data: object, raw: bytes) -> Message:
+    if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":
+        raise InvalidMessage('not a JSON-RPC 2.0 message (needs "jsonrpc": "2.0")')
+    method = data.get("method")
+    has_id = "id" in data
+    ident = data.get("id")
+    if (has_id and not (ident is None or isinstance(ident, str | int))) or isinstance(ident, bool):
+        raise InvalidMessage("a JSON-RPC id must be a string or an integer")
+    if isinstance(method, str):
+        if has_id and ident is not None:
+            return Message(Kind.REQUEST, raw, ident, method)
+        return Message(Kind.NOTIFICATION, raw, None, method)
+    if method is not None:
+        raise InvalidMessage("'method' must be a string")
+    if has_id and ("result" in data or "error" in data):
+        return Message(Kind.RESPONSE, raw, ident)
+    raise InvalidMessage("neither a request, a notification nor a response")
+
+
+def parse_line(line: bytes) -> Message:
+    """One newline-delimited message from a stdio server."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not JSON: {exc}") from exc
+    return _classify(data, line)
+
+
+def parse_body(body: bytes) -> list[Message]:
+    """A POST body: one message or a batch (a non-empty array). Each keeps its own bytes."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"malformed JSON: {exc}") from exc
+    if isinstance(data, list):
+        if not data:
+            raise InvalidMessage("an empty batch")
+        return [_classify(item, orjson.dumps(item)) for item in data]
+    return [_classify(data, body.strip().replace(b"\n", b" ").replace(b"\r", b" "))]
+
+
+def error_body(ident: Any, code: int, message: str, data: Any = None) -> bytes:
+    """A JSON-RPC error response (``id`` null when the request could not be read)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return orjson.dumps({"jsonrpc": "2.0", "id": ident, "error": error})

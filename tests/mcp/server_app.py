@@ -1,0 +1,56 @@
+"""A small real MCP server (the ``mcp`` SDK) for the proxy tests, run over stdio:
+
+    python tests/mcp/server_app.py
+
+Tools: ``whoami`` (its pid), ``echo`` (sends a log notification carrying the text first, then
+answers it), ``slow`` (sleeps), ``crash`` (exits the process). Resource: ``proxy://pid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import warnings
+
+from mcp.server.mcpserver import Context, MCPServer
+
+warnings.simplefilter("ignore")  # the SDK flags logging as deprecated; it still works
+
+server = MCPServer("proxyfleet-test-server")
+
+
+@server.tool()
+def whoami() -> str:
+    """The server process id."""
+    return str(os.getpid())
+
+
+@server.tool()
+async def echo(text: str, ctx: Context) -> str:
+    """Log the text (a notification to this client), then answer it."""
+    await ctx.info(f"note:{text}")
+    return f"echo:{text}"
+
+
+@server.tool()
+async def slow(seconds: float) -> str:
+    """Answer after ``seconds``."""
+    await asyncio.sleep(seconds)
+    return "done"
+
+
+@server.tool()
+def crash() -> str:
+    """Exit at once, as a crashing server would."""
+    os._exit(3)
+
+
+@server.resource("proxy://pid")
+def pid_resource() -> str:
+    """The server process id, as a resource."""
+    return str(os.getpid())
+
+
+if __name__ == "__main__":
+    server.run("stdio")
