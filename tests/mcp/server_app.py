@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-
 import warnings
 
 from mcp.server.mcpserver import Context, MCPServer

@@ -18,7 +18,6 @@ from proxyfleet.errors import GatewayError
 from proxyfleet.gateway.asgi import Receive, Scope, Send, read_body
 from proxyfleet.mcpproxy.jsonrpc import (
     INVALID_REQUEST,
-    PARSE_ERROR,
     SERVER_ERROR,
     InvalidMessage,
     Kind,
@@ -112,8 +111,7 @@ class McpHttp:
         try:
             messages = parse_body(body)
         except InvalidMessage as exc:
-            code = PARSE_ERROR if "JSON" in str(exc) else INVALID_REQUEST
-            await _send_error(send, 400, None, code, str(exc))
+            await _send_error(send, 400, None, exc.code, str(exc))
             return
         ident = _first_request_id(messages)
         session_id = _header(scope, b"mcp-session-id")

@@ -45,7 +45,11 @@ class Message:
 
 
 class InvalidMessage(ValueError):
-    """Not JSON-RPC 2.0 (the text says why)."""
+    """Not JSON-RPC 2.0 (the text says why); ``code`` is the JSON-RPC error code for it."""
+
+    def __init__(self, message: str, code: int = INVALID_REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _classify(data: object, raw: bytes) -> Message:
@@ -72,7 +76,7 @@ def parse_line(line: bytes) -> Message:
     try:
         data = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise InvalidMessage(f"not JSON: {exc}") from exc
+        raise InvalidMessage(f"not JSON: {exc}", PARSE_ERROR) from exc
     return _classify(data, line)
 
 
@@ -81,7 +85,7 @@ def parse_body(body: bytes) -> list[Message]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidMessage(f"malformed JSON: {exc}") from exc
+        raise InvalidMessage(f"malformed JSON: {exc}", PARSE_ERROR) from exc
     if isinstance(data, list):
         if not data:
             raise InvalidMessage("an empty batch")

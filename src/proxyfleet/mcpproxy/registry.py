@@ -56,6 +56,7 @@ class Route:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
+        self._filler: asyncio.Task[None] | None = None
         self.spawn_failures = 0
         self.deaths = 0
         self.started_total = 0
@@ -117,15 +118,25 @@ class Route:
         while self._spare:
             child = self._spare.pop()
             if child.alive:
-                self._spawn_later(self._fill_spares())
+                self._refill()
                 return child
         return await self._spawn()
+
+    def _refill(self) -> None:
+        """Top the prestarted children up to ``prestart``, one filler at a time."""
+        if self.config.prestart and (self._filler is None or self._filler.done()):
+            self._filler = asyncio.ensure_future(self._fill_spares())
+            self._tasks.add(self._filler)
+            self._filler.add_done_callback(self._tasks.discard)
 
     async def _fill_spares(self) -> None:
         while not self._closing and len(self._spare) < self.config.prestart:
             try:
                 child = await self._spawn()
             except SpawnFailed:
+                return
+            if self._closing:
+                await child.stop(self.config.stop_timeout)
                 return
             self._spare.append(child)
 
@@ -134,12 +145,12 @@ class Route:
             if child in pool:
                 pool.remove(child)
                 self.deaths += 1
-        if not self._closing:
+        if not self._closing and self.config.prestart:
             self._spawn_later(self._refill_after(1.0))
 
     async def _refill_after(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self._fill_spares()
+        await asyncio.sleep(delay)  # a server that dies at once must not be respawned in a loop
+        self._refill()
 
     def _spawn_later(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
