@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
 from mcp import Client
@@ -70,13 +71,15 @@ class Notes:
         self.seen.append(str(params.data))
 
 
-@pytest.mark.parametrize("mode", ["legacy", "auto"])
+@pytest.mark.parametrize("mode", ["legacy", "auto", "sse"])
 async def test_tool_resource_and_notification_round_trip(
     procs: Processes, tmp_path: Path, mode: str
 ) -> None:
     gw = gateway(procs, tmp_path)
     notes = Notes()
-    async with Client(url(gw), mode=mode, logging_callback=notes, log_level="info") as client:  # type: ignore[arg-type]
+    server: Any = sse_client(url(gw) + "/sse") if mode == "sse" else url(gw)
+    connect = "legacy" if mode == "sse" else mode
+    async with Client(server, mode=connect, logging_callback=notes, log_level="info") as client:  # type: ignore[arg-type]
         pid = int((await client.call_tool("whoami", {})).content[0].text)  # type: ignore[union-attr]
         result = await client.call_tool("echo", {"text": "hello"})
         assert result.content[0].text == "echo:hello"  # type: ignore[union-attr]
@@ -87,15 +90,19 @@ async def test_tool_resource_and_notification_round_trip(
     assert notes.seen == ["note:hello"]
     assert pid != gw.popen.pid
     sessions = gw.get_json("/admin/sessions")["routes"][0]
-    if mode == "legacy":  # a session: its own child, stopped when the client ended it
-        ended = sessions["ended"][-1]
+    if mode != "auto":  # a session: its own child, stopped when the client ended it
+        await until(lambda: bool(gw.get_json("/admin/sessions")["routes"][0]["ended"]))
+        ended = gw.get_json("/admin/sessions")["routes"][0]["ended"][-1]
         assert ended["upstream_pid"] == pid
-        assert ended["reason"] if "reason" in ended else ended["ended_reason"]
+        assert ended["ended_reason"] == (
+            "the client closed its SSE stream" if mode == "sse" else "ended by the client (DELETE)"
+        )
         assert ended["messages_in"] >= 4
         await until(lambda: not alive(pid))
-    else:  # the stateless generation: a leased child, kept for the next exchange
-        assert sessions["stateless_idle"] == 1
+    else:  # the stateless generation: a leased child, given back for the next exchange
+        await until(lambda: gw.get_json("/admin/sessions")["routes"][0]["stateless_idle"] == 1)
         assert sessions["sessions"] == []
+        assert sessions["children_started"] == 1
 
 
 async def test_fifty_sessions_each_get_their_own_child_and_notifications(
@@ -225,6 +232,10 @@ async def test_limits_idle_expiry_delete_and_bad_input(procs: Processes, tmp_pat
         async with http.put(url(gw), data=b"{}") as r:
             assert r.status == 405
             assert r.headers["Allow"] == "GET, POST, DELETE"
+        async with http.post(url(gw) + "/messages?session_id=nope", json={}) as r:
+            assert r.status == 404
+        async with http.post(url(gw) + "/sse", json={}) as r:
+            assert r.status == 405
         # a notification alone is accepted with 202 and no body
         status, _, body = await raw_post(
             http, gw, {"jsonrpc": "2.0", "method": "notifications/initialized"}

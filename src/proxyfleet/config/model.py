@@ -269,8 +269,9 @@ class Config(_Model):
     @classmethod
     def _distinct_paths(cls, routes: tuple[McpRouteConfig, ...]) -> tuple[McpRouteConfig, ...]:
         seen: set[str] = set()
-        for route in routes:
-            if route.path in seen:
-                raise ValueError(f"two MCP routes at {route.path!r}")
-            seen.add(route.path)
+        for route in routes:  # each route also serves <path>/sse and <path>/messages
+            for path in (route.path, route.path + "/sse", route.path + "/messages"):
+                if path in seen:
+                    raise ValueError(f"two MCP routes claim {path!r}")
+                seen.add(path)
         return routes

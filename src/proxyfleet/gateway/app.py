@@ -143,6 +143,7 @@ class Gateway:
         self.mcp = {
             route.path: McpHttp(Route(route), config.server.max_body_bytes) for route in config.mcp
         }
+        self._mcp_paths = {path: e for e in self.mcp.values() for path in e.paths}
         self._mcp_stopping: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -273,8 +274,8 @@ class Gateway:
             path = scope["path"]
             if path.startswith("/v1/") or path == "/v1":
                 await self._proxy(scope, receive, send, path)
-            elif path in self.mcp:
-                await self._mcp(scope, receive, send, self.mcp[path])
+            elif path in self._mcp_paths:
+                await self._mcp(scope, receive, send, path)
             else:
                 await self._ops.handle(scope, send, path)
         elif kind == "websocket":
@@ -297,13 +298,14 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _mcp(self, scope: Scope, receive: Receive, send: Send, endpoint: McpHttp) -> None:
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         try:
             self.authorize(scope)
         except Unauthorized as error:
             await send_mcp_error(send, 401, error.message)
             return
-        await endpoint.handle(scope, receive, send, self.client_identity(scope))
+        endpoint = self._mcp_paths[path]
+        await endpoint.dispatch(scope, receive, send, path, self.client_identity(scope))
 
     def client_identity(self, scope: Scope) -> str:
         """Who a client is, for per-client limits: its key (as a short digest) when client auth

@@ -5,7 +5,8 @@ with 202; requests are answered with ``application/json`` when the answer is a s
 response, else with an SSE stream of everything the server sends for them. An ``initialize``
 without ``Mcp-Session-Id`` opens a session (the id comes back in that header); any other
 message without it is an exchange of the stateless protocol generation. ``GET`` opens the
-session's stream of server-initiated messages; ``DELETE`` ends the session.
+session's stream of server-initiated messages; ``DELETE`` ends the session. The legacy SSE
+transport sits beside it: ``GET <path>/sse`` and ``POST <path>/messages?session_id=``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
+from urllib.parse import parse_qs
 
 from proxyfleet.errors import GatewayError
 from proxyfleet.gateway.asgi import Receive, Scope, Send, read_body
@@ -84,6 +86,31 @@ class McpHttp:
     def __init__(self, route: Route, body_limit: int) -> None:
         self.route = route
         self._body_limit = body_limit
+        self.sse_path = route.path + "/sse"
+        self.messages_path = route.path + "/messages"
+
+    @property
+    def paths(self) -> tuple[str, str, str]:
+        return self.route.path, self.sse_path, self.messages_path
+
+    async def dispatch(
+        self, scope: Scope, receive: Receive, send: Send, path: str, client: str
+    ) -> None:
+        """Streamable HTTP at the route's path; the legacy SSE transport beside it."""
+        if path == self.route.path:
+            await self.handle(scope, receive, send, client)
+        elif path == self.sse_path and scope["method"] == "GET":
+            await self._sse(receive, send, client)
+        elif path == self.messages_path and scope["method"] == "POST":
+            await self._message(scope, receive, send)
+        else:
+            allow = b"GET" if path == self.sse_path else b"POST"
+            await _send_body(
+                send,
+                405,
+                error_body(None, INVALID_REQUEST, f"{scope['method']} is not allowed on {path}"),
+                [(b"allow", allow)],
+            )
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
         method = scope["method"]
@@ -211,6 +238,30 @@ class McpHttp:
         finally:
             session.close_stream(queue)
 
+    # -- the legacy SSE transport ----------------------------------------------------------
+    async def _sse(self, receive: Receive, send: Send, client: str) -> None:
+        await _sse_session(self, receive, send, client)
+
+    async def _message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        session_id = (query.get("session_id") or [""])[0]
+        session = self.route.get(session_id) if session_id else None
+        if session is None or not session.legacy:
+            reason = self.route.why_gone(session_id) if session_id else "no session_id"
+            await _send_error(send, 404 if session_id else 400, None, SERVER_ERROR, reason)
+            return
+        try:
+            body = await read_body(scope, receive, self._body_limit)
+            messages = parse_body(body)
+        except GatewayError as error:
+            await _send_error(send, error.status, None, INVALID_REQUEST, error.message)
+            return
+        except InvalidMessage as exc:
+            await _send_error(send, 400, None, exc.code, str(exc))
+            return
+        session.submit(messages)
+        await _send_body(send, 202, b"")
+
     # -- DELETE ------------------------------------------------------------------------------
     async def _delete(self, scope: Scope, send: Send) -> None:
         session_id = _header(scope, b"mcp-session-id")
@@ -221,6 +272,40 @@ class McpHttp:
             return
         await self.route.close(session, "ended by the client (DELETE)")
         await _send_body(send, 200, b"")
+
+
+async def _sse_session(endpoint: McpHttp, receive: Receive, send: Send, client: str) -> None:
+    """The SSE transport of earlier MCP clients: ``GET …/sse`` opens a session and its one
+    stream (the first event names where to POST); ``POST …/messages?session_id=`` is answered
+    202 and everything the server says arrives on the stream. Closing the stream ends the
+    session and stops its child."""
+    route = endpoint.route
+    try:
+        session = await route.open_session(client, legacy=True)
+    except GatewayError as error:
+        await _send_error(send, error.status, None, SERVER_ERROR, error.message, error.retry_after)
+        return
+    queue = session.open_stream()
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        where = f"{endpoint.messages_path}?session_id={session.id}".encode()
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"event: endpoint\ndata: " + where + b"\n\n",
+                "more_body": True,
+            }
+        )
+        async with _watch_disconnect(receive) as gone:
+            while (item := await _next(queue, gone, keepalive=send)) is not None:
+                await send({"type": "http.response.body", "body": _event(item), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except (_Gone, OSError):
+        pass
+    finally:
+        session.close_stream(queue)
+        if route.get(session.id) is session:
+            await route.close(session, "the client closed its SSE stream")
 
 
 def _event(raw: bytes) -> bytes:

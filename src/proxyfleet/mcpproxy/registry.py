@@ -178,14 +178,21 @@ class Route:
                     retry_after=1.0,
                 )
 
-    async def open_session(self, client: str) -> Session:
+    async def open_session(self, client: str, legacy: bool = False) -> Session:
         self._check_limits(client)
         child = await self._take()
-        session = Session(secrets.token_hex(16), client, child)
+        session = Session(secrets.token_hex(16), client, child, legacy=legacy)
         child.on_message = session.deliver
         child.on_exit = lambda c: self._session_child_exited(session, c)
         self.sessions[session.id] = session
-        event(_log, "mcp_session_started", route=self.path, session=session.id, pid=child.pid)
+        event(
+            _log,
+            "mcp_session_started",
+            route=self.path,
+            session=session.id,
+            pid=child.pid,
+            transport="sse" if legacy else "streamable-http",
+        )
         return session
 
     def get(self, session_id: str) -> Session | None:

@@ -48,8 +48,11 @@ class Exchange:
 
 
 class Session:
-    def __init__(self, session_id: str, client: str, child: Child | None) -> None:
+    def __init__(
+        self, session_id: str, client: str, child: Child | None, *, legacy: bool = False
+    ) -> None:
         self.id = session_id
+        self.legacy = legacy  # the SSE transport: everything the server says goes to ``stream``
         self.client = client
         self.child = child
         self.created = time.time()
@@ -68,7 +71,7 @@ class Session:
     def submit(self, messages: list[Message]) -> Exchange | None:
         """Send a POST's messages upstream; an exchange when it holds requests."""
         requests = [m.id for m in messages if m.kind is Kind.REQUEST]
-        exchange = Exchange(requests) if requests else None
+        exchange = Exchange(requests) if requests and not self.legacy else None
         if exchange is not None:
             for ident in requests:
                 self._exchanges[ident] = exchange
@@ -97,6 +100,9 @@ class Session:
     def deliver(self, message: Message) -> None:
         self.messages_out += 1
         self.touch()
+        if self.legacy and self.stream is not None:
+            self.stream.put_nowait(message.raw)
+            return
         if message.kind is Kind.RESPONSE:
             exchange = self._exchanges.pop(message.id, None)
             if exchange is not None:
