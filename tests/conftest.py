@@ -82,11 +82,15 @@ class Processes:
         self.count = 0
 
     def spawn(self, *args: str, env: dict[str, str] | None = None) -> Proc:
+        """``python -m proxyfleet ARGS``."""
+        return self.spawn_python("-m", "proxyfleet", *args, env=env)
+
+    def spawn_python(self, *args: str, env: dict[str, str] | None = None) -> Proc:
         self.count += 1
         log = self.tmp / f"proc-{self.count}.log"
         handle = log.open("wb")
         popen = subprocess.Popen(
-            [sys.executable, "-m", "proxyfleet", *args],
+            [sys.executable, *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -1,6 +1,7 @@
 """A small real MCP server (the ``mcp`` SDK) for the proxy tests, run over stdio:
 
-    python tests/mcp/server_app.py
+    python tests/mcp/server_app.py                 # stdio
+    python tests/mcp/server_app.py --http PORT     # streamable HTTP at /mcp
 
 Tools: ``whoami`` (its pid), ``echo`` (sends a log notification carrying the text first, then
 answers it), ``slow`` (sleeps), ``crash`` (exits the process). Resource: ``proxy://pid``.
@@ -52,4 +53,9 @@ def pid_resource() -> str:
 
 
 if __name__ == "__main__":
-    server.run("stdio")
+    import sys
+
+    if len(sys.argv) > 2 and sys.argv[1] == "--http":  # streamable HTTP on 127.0.0.1:<port>
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run("stdio")

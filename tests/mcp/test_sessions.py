@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -35,8 +36,11 @@ INIT = {
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
-def gateway(procs: Processes, tmp: Path, **route: Any) -> Proc:
-    config = {"mcp": [{"path": "/mcp", "upstream": {"command": [sys.executable, SERVER]}, **route}]}
+def gateway(procs: Processes, tmp: Path, upstream: str | None = None, **route: Any) -> Proc:
+    """The gateway with one MCP route to the test server: a stdio child per session, or the
+    server at ``upstream`` (a URL)."""
+    target = {"url": upstream} if upstream else {"command": [sys.executable, SERVER]}
+    config = {"mcp": [{"path": "/mcp", "upstream": target, **route}]}
     path = tmp / "mcp.yaml"
     path.write_text(yaml.safe_dump(config))
     return procs.gateway("--config", str(path))
@@ -71,6 +75,16 @@ class Notes:
         self.seen.append(str(params.data))
 
 
+def http_server(procs: Processes) -> str:
+    """The test server itself on streamable HTTP; its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = procs.spawn_python(SERVER, "--http", str(port))
+    proc.wait_for_line("INFO:     Uvicorn running on", timeout=30)
+    return f"http://127.0.0.1:{port}/mcp"
+
+
 @pytest.mark.parametrize("mode", ["legacy", "auto", "sse"])
 async def test_tool_resource_and_notification_round_trip(
     procs: Processes, tmp_path: Path, mode: str
@@ -103,6 +117,43 @@ async def test_tool_resource_and_notification_round_trip(
         await until(lambda: gw.get_json("/admin/sessions")["routes"][0]["stateless_idle"] == 1)
         assert sessions["sessions"] == []
         assert sessions["children_started"] == 1
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto", "sse"])
+async def test_an_http_upstream_gets_one_upstream_session_per_client(
+    procs: Processes, tmp_path: Path, mode: str
+) -> None:
+    gw = gateway(procs, tmp_path, upstream=http_server(procs))
+
+    async def one(n: int) -> list[str]:
+        notes = Notes()
+        server: Any = sse_client(url(gw) + "/sse") if mode == "sse" else url(gw)
+        connect = "legacy" if mode == "sse" else mode
+        async with Client(server, mode=connect, logging_callback=notes, log_level="info") as client:  # type: ignore[arg-type]
+            result = await client.call_tool("echo", {"text": f"c{n}"})
+            assert result.content[0].text == f"echo:c{n}"  # type: ignore[union-attr]
+            assert (await client.read_resource("proxy://pid")).contents
+        return notes.seen
+
+    seen = await asyncio.gather(*(one(n) for n in range(8)))
+    assert seen == [[f"note:c{n}"] for n in range(8)]
+    route = gw.get_json("/admin/sessions")["routes"][0]
+    assert route["upstream"].endswith("/mcp")
+    if mode != "auto":
+        await until(lambda: len(gw.get_json("/admin/sessions")["routes"][0]["ended"]) == 8)
+        ended = gw.get_json("/admin/sessions")["routes"][0]["ended"]
+        assert {s["upstream"] for s in ended} == {route["upstream"]}
+
+
+async def test_an_unreachable_http_upstream_is_a_json_rpc_error(
+    procs: Processes, tmp_path: Path
+) -> None:
+    gw = gateway(procs, tmp_path, upstream="http://127.0.0.1:9/mcp")
+    async with aiohttp.ClientSession() as http:
+        status, _, body = await raw_post(http, gw, INIT)
+    assert status == 200
+    assert body["id"] == 1
+    assert "unreachable" in body["error"]["message"]
 
 
 async def test_fifty_sessions_each_get_their_own_child_and_notifications(
@@ -148,7 +199,7 @@ async def test_fifty_sessions_each_get_their_own_child_and_notifications(
     for n, (_, seen, _) in enumerate(results):
         assert seen == [f"note:client-{n}"]  # only their own notifications
     assert results[0][2].startswith("error: ")
-    assert "upstream died" in results[0][2]
+    assert "upstream is gone" in results[0][2]
     assert "killed by signal 9" in results[0][2]
     assert [outcome for _, _, outcome in results[1:]] == ["done"] * (count - 1)
     health = gw.get_json("/ready")["mcp"][0]

@@ -200,6 +200,9 @@ class McpUpstreamConfig(_Model):
     env: dict[str, SecretStr] = Field(default_factory=dict, description="added to the child's")
     cwd: Path | None = None
     url: HttpUrl | None = None
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="sent to a 'url' upstream (e.g. its Authorization)"
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> McpUpstreamConfig:
@@ -207,6 +210,8 @@ class McpUpstreamConfig(_Model):
             raise ValueError("give exactly one of 'command' (a stdio server) or 'url'")
         if self.url is not None and (self.env or self.cwd is not None):
             raise ValueError("'env' and 'cwd' apply to a 'command' upstream only")
+        if self.command and self.headers:
+            raise ValueError("'headers' apply to a 'url' upstream only")
         return self
 
 

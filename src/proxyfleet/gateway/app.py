@@ -207,7 +207,7 @@ class Gateway:
             self._session, self.pool, strip_client_auth=strip, retries=self.config.pool.retries
         )
         for endpoint in self.mcp.values():
-            await endpoint.route.start()
+            await endpoint.route.start(self._session)
         self._stack.push_async_callback(self._stop_mcp)
         probe = self.config.pool.probe
         if probe.enabled:

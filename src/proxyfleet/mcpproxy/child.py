@@ -38,14 +38,12 @@ class Child:
         cwd: Path | None,
         on_message: Callable[[Message], None],
         on_exit: Callable[[Child], None],
-        label: str = "",
     ) -> None:
         self._argv = tuple(argv)
         self._env = dict(env)
         self._cwd = cwd
         self.on_message = on_message
         self.on_exit = on_exit
-        self.label = label
         self.pid: int | None = None
         self.returncode: int | None = None
         self.started = time.time()
@@ -73,6 +71,10 @@ class Child:
             asyncio.create_task(self._read_stdout(), name=f"mcp-stdout-{self.pid}"),
             asyncio.create_task(self._read_stderr(), name=f"mcp-stderr-{self.pid}"),
         ]
+
+    @property
+    def label(self) -> str:
+        return f"pid {self.pid}"
 
     @property
     def alive(self) -> bool:

@@ -28,6 +28,7 @@ from proxyfleet.mcpproxy.jsonrpc import (
     parse_body,
 )
 from proxyfleet.mcpproxy.registry import Route
+from proxyfleet.mcpproxy.remote import HttpUpstream
 from proxyfleet.mcpproxy.session import Exchange, Session
 
 __all__ = ["McpHttp", "send_mcp_error"]
@@ -142,6 +143,7 @@ class McpHttp:
             return
         ident = _first_request_id(messages)
         session_id = _header(scope, b"mcp-session-id")
+        version = _header(scope, b"mcp-protocol-version")
         route = self.route
         try:
             if session_id:
@@ -149,13 +151,13 @@ class McpHttp:
                 if session is None:
                     await _send_error(send, 404, ident, SERVER_ERROR, route.why_gone(session_id))
                     return
-                await self._exchange(receive, send, session, messages, None)
+                await self._exchange(receive, send, session, messages, None, version)
             elif any(m.kind is Kind.REQUEST and m.method == "initialize" for m in messages):
                 session = await route.open_session(client)
-                await self._exchange(receive, send, session, messages, session.id)
+                await self._exchange(receive, send, session, messages, session.id, version)
             else:
                 async with route.stateless(client) as session:
-                    await self._exchange(receive, send, session, messages, None)
+                    await self._exchange(receive, send, session, messages, None, version)
         except GatewayError as error:
             await _send_error(
                 send, error.status, ident, SERVER_ERROR, error.message, error.retry_after
@@ -168,8 +170,11 @@ class McpHttp:
         session: Session,
         messages: list[Message],
         new_id: str | None,
+        version: str | None = None,
     ) -> None:
         headers = [(b"mcp-session-id", new_id.encode())] if new_id else []
+        if version is not None and isinstance(session.child, HttpUpstream):
+            session.child.set_headers({"MCP-Protocol-Version": version})
         exchange = session.submit(messages)
         if exchange is None:
             await _send_body(send, 202, b"", headers)

@@ -19,12 +19,15 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+
 from proxyfleet.config.model import McpRouteConfig
 from proxyfleet.errors import GatewayError
 from proxyfleet.logs import event
 from proxyfleet.mcpproxy.child import Child
 from proxyfleet.mcpproxy.jsonrpc import Message
-from proxyfleet.mcpproxy.session import Session, SessionState
+from proxyfleet.mcpproxy.remote import HttpUpstream
+from proxyfleet.mcpproxy.session import Session, SessionState, Upstream
 
 __all__ = ["Route", "SessionLimit", "SpawnFailed"]
 
@@ -49,8 +52,9 @@ class Route:
         self.path = config.path
         self.sessions: dict[str, Session] = {}
         self.ended: OrderedDict[str, Session] = OrderedDict()
-        self._spare: list[Child] = []  # prestarted, never used
-        self._idle: list[Child] = []  # served stateless exchanges, reusable for more
+        self._spare: list[Upstream] = []  # prestarted, never used
+        self._idle: list[Upstream] = []  # served stateless exchanges, reusable for more
+        self._http: aiohttp.ClientSession | None = None
         self._leased = 0  # children serving a stateless exchange now
         self._stateless_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -62,7 +66,9 @@ class Route:
         self.started_total = 0
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, http: aiohttp.ClientSession | None = None) -> None:
+        """``http``: the shared client for a ``url`` upstream (keep-alive across sessions)."""
+        self._http = http
         interval = max(0.05, min(self.config.session_idle_timeout / 4, 5.0))
         self._reaper = asyncio.create_task(self._reap(interval), name=f"mcp-reaper{self.path}")
         await self._fill_spares()
@@ -93,8 +99,12 @@ class Route:
         env.update({k: v.get_secret_value() for k, v in self.config.upstream.env.items()})
         return env
 
-    async def _spawn(self) -> Child:
+    async def _spawn(self) -> Upstream:
         upstream = self.config.upstream
+        if upstream.url is not None:
+            assert self._http is not None, "start() the route with the shared HTTP client"
+            headers = {k: v.get_secret_value() for k, v in upstream.headers.items()}
+            return HttpUpstream(upstream.url, self._http, _drop, self._spare_exited, headers)
         child = Child(upstream.command, self._env(), upstream.cwd, _drop, self._spare_exited)
         try:
             await child.start()
@@ -114,7 +124,7 @@ class Route:
         self.started_total += 1
         return child
 
-    async def _take(self) -> Child:
+    async def _take(self) -> Upstream:
         while self._spare:
             child = self._spare.pop()
             if child.alive:
@@ -124,13 +134,21 @@ class Route:
 
     def _refill(self) -> None:
         """Top the prestarted children up to ``prestart``, one filler at a time."""
-        if self.config.prestart and (self._filler is None or self._filler.done()):
+        if (
+            self.config.prestart
+            and self.config.upstream.command
+            and (self._filler is None or self._filler.done())
+        ):
             self._filler = asyncio.ensure_future(self._fill_spares())
             self._tasks.add(self._filler)
             self._filler.add_done_callback(self._tasks.discard)
 
     async def _fill_spares(self) -> None:
-        while not self._closing and len(self._spare) < self.config.prestart:
+        while (
+            not self._closing
+            and self.config.upstream.command
+            and len(self._spare) < self.config.prestart
+        ):
             try:
                 child = await self._spawn()
             except SpawnFailed:
@@ -140,7 +158,7 @@ class Route:
                 return
             self._spare.append(child)
 
-    def _spare_exited(self, child: Child) -> None:
+    def _spare_exited(self, child: Upstream) -> None:
         for pool in (self._spare, self._idle):
             if child in pool:
                 pool.remove(child)
@@ -190,7 +208,7 @@ class Route:
             "mcp_session_started",
             route=self.path,
             session=session.id,
-            pid=child.pid,
+            upstream=child.label,
             transport="sse" if legacy else "streamable-http",
         )
         return session
@@ -229,19 +247,18 @@ class Route:
             reason=session.ended_reason,
         )
 
-    def _session_child_exited(self, session: Session, child: Child) -> None:
+    def _session_child_exited(self, session: Session, child: Upstream) -> None:
         if child.stopping or session.state is not SessionState.ACTIVE:
             return
         self.deaths += 1
-        reason = f"the session's upstream died: {child.describe_exit()}"
+        reason = f"the session's upstream is gone: {child.describe_exit()}"
         event(
             _log,
             "mcp_upstream_died",
             logging.WARNING,
             route=self.path,
             session=session.id,
-            pid=child.pid,
-            returncode=child.returncode,
+            upstream=child.label,
         )
         session.end(SessionState.DEAD, reason)
         self._retire(session)
@@ -297,7 +314,7 @@ class Route:
     def describe(self) -> dict[str, Any]:
         return {
             "path": self.path,
-            "upstream": list(self.config.upstream.command[:1]),
+            "upstream": self.config.upstream.url or self.config.upstream.command[0],
             "sessions": [s.describe() for s in self.sessions.values()],
             "ended": [s.describe() for s in list(self.ended.values())[-50:]],
             "prestarted": len(self._spare),

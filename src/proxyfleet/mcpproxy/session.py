@@ -12,13 +12,31 @@ import asyncio
 import collections
 import enum
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
-from proxyfleet.mcpproxy.child import Child, ChildGone
+from proxyfleet.mcpproxy.child import ChildGone
 from proxyfleet.mcpproxy.jsonrpc import SERVER_ERROR, Kind, Message, error_body
 
-__all__ = ["Exchange", "Session", "SessionState"]
+__all__ = ["Exchange", "Session", "SessionState", "Upstream"]
+
+
+class Upstream(Protocol):
+    """A session's upstream: a stdio child, or a session on a streamable-HTTP server."""
+
+    pid: int | None
+    stopping: bool
+    on_message: Callable[[Message], None]
+    on_exit: Callable[[Any], None]
+
+    @property
+    def alive(self) -> bool: ...
+    @property
+    def label(self) -> str: ...
+    def send(self, raw: bytes) -> None: ...
+    def describe_exit(self) -> str: ...
+    async def stop(self, timeout: float) -> None: ...
+
 
 _BACKLOG = 1000  # server messages kept for a GET stream that is not open yet
 
@@ -49,7 +67,7 @@ class Exchange:
 
 class Session:
     def __init__(
-        self, session_id: str, client: str, child: Child | None, *, legacy: bool = False
+        self, session_id: str, client: str, child: Upstream | None, *, legacy: bool = False
     ) -> None:
         self.id = session_id
         self.legacy = legacy  # the SSE transport: everything the server says goes to ``stream``
@@ -164,6 +182,7 @@ class Session:
             "id": self.id,
             "client": self.client,
             "state": self.state.value,
+            "upstream": None if child is None else child.label,
             "upstream_pid": None if child is None else child.pid,
             "upstream_alive": child is not None and child.alive,
             "age_seconds": round(time.time() - self.created, 3),
