@@ -24,6 +24,7 @@ examples:
   proxyfleet serve --config proxyfleet.yaml
   proxyfleet mock --port 9001                        OpenAI-compatible mock upstream
   proxyfleet mock-orchestrator --port 8000           mock orchestrator for elastic pools
+  proxyfleet mcp stdio --upstream URL                stdio MCP client -> remote MCP server
   proxyfleet start --port 10001 --config chat.yaml   a detached instance (status, stop, logs)
   proxyfleet up -f deploy.yaml                       workers behind a generated nginx
   proxyfleet debug summary ./debug_logs              read what --debug recorded
@@ -150,6 +151,26 @@ def _parser() -> argparse.ArgumentParser:
         help="write the orchestrator's own debug log (by X-Request-ID) there",
     )
 
+    mcp = commands.add_parser("mcp", help="MCP tools: a stdio bridge to a remote MCP server")
+    mcp_actions = mcp.add_subparsers(dest="mcp_command", metavar="ACTION", required=True)
+    stdio = mcp_actions.add_parser(
+        "stdio",
+        help="speak stdio locally, streamable HTTP to --upstream",
+        description="For a local MCP client that only speaks stdio: JSON-RPC lines on stdin go "
+        "to the MCP server at --upstream (one session), its messages come out on stdout. "
+        "Point --upstream at a proxyfleet MCP route to share one server among many agents.",
+    )
+    stdio.add_argument(
+        "--upstream", required=True, metavar="URL", help="e.g. http://127.0.0.1:2048/mcp"
+    )
+    stdio.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME: VALUE",
+        help="sent with every request (e.g. 'Authorization: Bearer KEY'); repeatable",
+    )
+
     add_fleet_commands(commands)
     add_deploy_commands(commands)
     add_debug_commands(commands)
@@ -258,6 +279,22 @@ def _mock_orchestrator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mcp(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from proxyfleet.mcpproxy.bridge import bridge_stdio
+
+    if not args.upstream.startswith(("http://", "https://")):
+        raise ConfigError("--upstream", "", f"must be an http(s):// URL, got {args.upstream!r}")
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ConfigError("--header", "", "use 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return uvloop.run(bridge_stdio(args.upstream, headers))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from proxyfleet.demo import run_demo
 
@@ -269,6 +306,7 @@ _COMMANDS = {
     "config": _config,
     "mock": _mock,
     "mock-orchestrator": _mock_orchestrator,
+    "mcp": _mcp,
     "demo": _demo,
     "debug": run_debug,
     **FLEET_COMMANDS,

@@ -19,7 +19,7 @@ import yaml
 from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from tests.conftest import Proc, Processes, run_cli
 
 SERVER = str(Path(__file__).with_name("server_app.py"))
@@ -351,3 +351,33 @@ def test_mcp_config_errors_name_the_field(tmp_path: Path) -> None:
     result = run_cli("config", "--config", str(tmp_path / "b.yaml"))
     assert result.returncode == 2
     assert "exactly one of 'command'" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_stdio_bridge_reaches_a_remote_server(
+    procs: Processes, tmp_path: Path, mode: str
+) -> None:
+    gw = gateway(procs, tmp_path)
+    bridge = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "proxyfleet", "mcp", "stdio", "--upstream", url(gw)],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PROXYFLEET_")}},
+    )
+    notes = Notes()
+    async with Client(bridge, mode=mode, logging_callback=notes, log_level="info") as client:  # type: ignore[arg-type]
+        result = await client.call_tool("echo", {"text": "via-stdio"})
+        assert result.content[0].text == "echo:via-stdio"  # type: ignore[union-attr]
+        pid = int((await client.call_tool("whoami", {})).content[0].text)  # type: ignore[union-attr]
+    assert notes.seen == ["note:via-stdio"]
+    assert pid != gw.popen.pid
+    if mode == "legacy":  # the bridge ended its session when stdin closed
+        await until(lambda: not alive(pid))
+
+
+def test_stdio_bridge_refuses_bad_flags() -> None:
+    result = run_cli("mcp", "stdio", "--upstream", "ftp://x")
+    assert result.returncode == 2
+    assert "http(s)://" in result.stderr
+    result = run_cli("mcp", "stdio", "--upstream", "http://127.0.0.1:9/mcp", "--header", "nocolon")
+    assert result.returncode == 2
+    assert "Name: value" in result.stderr

@@ -181,6 +181,11 @@ class HttpUpstream:
             event(_log, "mcp_upstream_ended", logging.WARNING, url=self.url, reason=reason)
             self.on_exit(self)
 
+    async def settle(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the answers to what was sent already."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
     async def stop(self, timeout: float) -> None:
         """End the upstream session (DELETE, best effort) and stop relaying."""
         self.stopping = True
