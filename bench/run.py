@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mcp_latency import mcp_figures
+
 CHAT_JSON = json.dumps(
     {
         "id": "chatcmpl-bench",
@@ -322,10 +325,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        choices=("all", "debug"),
+        choices=("all", "debug", "mcp"),
         default="all",
-        help="'debug': only the debug-mode overhead pairs (about a minute)",
+        help="'debug': only the debug-mode overhead pairs; 'mcp': only the MCP latencies",
     )
+    parser.add_argument("--mcp-sessions", type=int, default=20, help="sessions started per kind")
+    parser.add_argument("--mcp-calls", type=int, default=300, help="tool calls per path")
     args = parser.parse_args()
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"  # Debian's nginx
     for tool in ("nginx", "wrk", "taskset"):
@@ -367,12 +372,8 @@ def main() -> int:
     py = sys.executable
     env = dict(os.environ)
     d, c = args.duration, args.connections
-    if args.only == "debug":
-        with process(
-            pinned_nginx("1", nginx, work, str(work / "upstream.conf")), work / "upstream.log"
-        ):
-            wait_port(up_port)
-            print(debug_overhead(work, config, lua, c, d, args.debug_pairs, py, env, REQ_PATH))
+    if args.only != "all":
+        print(only(args, work, nginx, up_port, config, lua, py, env))
         shutil.rmtree(work, ignore_errors=True)
         return 0
     rows: dict[str, dict[str, Result]] = {"non-streaming": {}, "streaming": {}}
@@ -446,8 +447,33 @@ def main() -> int:
     )
     print(overhead)
     print_rss(args.hold, work, hold_port, mock_port, py, env)
+    print("\n".join(mcp_figures(work, free_port(), free_port(), args.mcp_sessions, args.mcp_calls)))
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def only(
+    args: argparse.Namespace,
+    work: Path,
+    nginx: str,
+    up_port: int,
+    config: dict[str, Any],
+    lua: Path,
+    py: str,
+    env: dict[str, str],
+) -> str:
+    """One part of the bench alone: ``--only debug`` or ``--only mcp``."""
+    if args.only == "mcp":
+        return "\n".join(
+            mcp_figures(work, free_port(), free_port(), args.mcp_sessions, args.mcp_calls)
+        )
+    with process(
+        pinned_nginx("1", nginx, work, str(work / "upstream.conf")), work / "upstream.log"
+    ):
+        wait_port(up_port)
+        return debug_overhead(
+            work, config, lua, args.connections, args.duration, args.debug_pairs, py, env, REQ_PATH
+        )
 
 
 def debug_overhead(

@@ -39,6 +39,10 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
             "1",
             "--backends",
             "8",
+            "--mcp-sessions",
+            "2",
+            "--mcp-calls",
+            "10",
         ],
         capture_output=True,
         text=True,
@@ -64,6 +68,18 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
     held = re.search(r"nginx [\d.-]+ KB \((\d+) open\), proxyfleet [\d.-]+ KB \((\d+) open\)", out)
     assert held is not None, out
     assert held.groups() == ("100", "100")
+    assert re.search(
+        r"^mcp session start \(connect \+ initialize, median/p99 of 2\): "
+        r"cold child [\d.]+/[\d.]+ ms, prestarted [\d.]+/[\d.]+ ms$",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        r"^mcp tool call round trip .* stdio server direct [\d.]+/[\d.]+ ms, "
+        r"via proxyfleet [\d.]+/[\d.]+ ms; HTTP server direct",
+        out,
+        re.M,
+    ), out
     leases = re.search(r"leases served min (\d+) max (\d+), failures (\d+)", out)
     assert leases is not None
     assert int(leases.group(3)) == 0

@@ -327,9 +327,8 @@ async def test_shutdown_ends_sessions_and_leaves_no_child(procs: Processes, tmp_
 
     holders = [asyncio.ensure_future(hold()) for _ in range(3)]
     await until(lambda: len(pids) == 3)
-    route = gw.get_json("/admin/sessions")["routes"][0]
-    assert route["prestarted"] == 2
-    assert len(route["sessions"]) == 3
+    await until(lambda: gw.get_json("/admin/sessions")["routes"][0]["prestarted"] == 2)
+    assert len(gw.get_json("/admin/sessions")["routes"][0]["sessions"]) == 3
     assert gw.stop() == 0
     stopped.set()
     outcomes = await asyncio.wait_for(asyncio.gather(*holders), 30)

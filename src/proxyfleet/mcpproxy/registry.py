@@ -24,8 +24,8 @@ import aiohttp
 from proxyfleet.config.model import McpRouteConfig
 from proxyfleet.errors import GatewayError
 from proxyfleet.logs import event
-from proxyfleet.mcpproxy.child import Child
-from proxyfleet.mcpproxy.jsonrpc import Message
+from proxyfleet.mcpproxy.child import Child, ChildGone
+from proxyfleet.mcpproxy.jsonrpc import Kind, Message
 from proxyfleet.mcpproxy.remote import HttpUpstream
 from proxyfleet.mcpproxy.session import Session, SessionState, Upstream
 
@@ -34,6 +34,8 @@ __all__ = ["Route", "SessionLimit", "SpawnFailed"]
 _log = logging.getLogger("proxyfleet.mcp")
 _ENDED_KEPT = 1000  # ended sessions remembered (for /admin/sessions and a clear 404)
 _ENDED_FOR = 600.0  # seconds
+_WARMUP_ID = "proxyfleet-warmup"
+_WARMUP = b'{"jsonrpc":"2.0","id":"proxyfleet-warmup","method":"ping"}'
 
 
 class SessionLimit(GatewayError):
@@ -124,8 +126,8 @@ class Route:
         self.started_total += 1
         return child
 
-    async def _take(self) -> Upstream:
-        while self._spare:
+    async def _take(self, spare: bool = True) -> Upstream:
+        while spare and self._spare:
             child = self._spare.pop()
             if child.alive:
                 self._refill()
@@ -153,10 +155,30 @@ class Route:
                 child = await self._spawn()
             except SpawnFailed:
                 return
-            if self._closing:
+            await self._warm(child)
+            if self._closing or not child.alive:
                 await child.stop(self.config.stop_timeout)
                 return
             self._spare.append(child)
+
+    async def _warm(self, child: Upstream) -> None:
+        """Wait until a prestarted server answers a ``ping`` (allowed before ``initialize``),
+        so a session that takes it does not wait for the server's own start-up. The ping binds
+        the server to the handshake generation: spares serve sessions, never stateless
+        exchanges."""
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_message(message: Message) -> None:
+            if message.kind is Kind.RESPONSE and message.id == _WARMUP_ID and not answered.done():
+                answered.set_result(None)
+
+        child.on_message = on_message
+        try:
+            child.send(_WARMUP)
+            await asyncio.wait_for(answered, 30)
+        except (ChildGone, TimeoutError):
+            pass
+        child.on_message = _drop
 
     def _spare_exited(self, child: Upstream) -> None:
         for pool in (self._spare, self._idle):
@@ -271,7 +293,7 @@ class Route:
         self._check_limits(client)
         self._leased += 1
         try:
-            child = self._idle.pop() if self._idle else await self._take()
+            child = self._idle.pop() if self._idle else await self._take(spare=False)
         except BaseException:
             self._leased -= 1
             raise
