@@ -122,3 +122,12 @@ def test_elastic_example_loads_with_every_provisioner_field() -> None:
     assert set(written) == set(type(provisioner).model_fields) - {"command", "release_command"}
     assert resolve_backends(config) == ()  # an elastic pool may start empty
     assert "demo-key" not in repr(config)
+
+
+def test_mcp_example_loads() -> None:
+    config = load_config(EXAMPLE.with_name("mcp.yaml"))
+    assert [r.path for r in config.mcp] == ["/files", "/search"]
+    assert config.mcp[0].upstream.command[0] == "npx"
+    assert config.mcp[1].upstream.url == "http://127.0.0.1:8931/mcp"
+    assert resolve_backends(config) == ()  # MCP routes alone need no /v1 backends
+    assert "example-not-a-real-key" not in repr(config)
