@@ -4,7 +4,8 @@
     python tests/mcp/server_app.py --http PORT     # streamable HTTP at /mcp
 
 Tools: ``whoami`` (its pid), ``echo`` (sends a log notification carrying the text first, then
-answers it), ``slow`` (sleeps), ``crash`` (exits the process). Resource: ``proxy://pid``.
+answers it), ``later`` (answers, then notifies on its own), ``slow`` (sleeps), ``crash`` (exits
+the process). Resource: ``proxy://pid``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ async def echo(text: str, ctx: Context) -> str:
     """Log the text (a notification to this client), then answer it."""
     await ctx.info(f"note:{text}")
     return f"echo:{text}"
+
+
+@server.tool()
+async def later(text: str, ctx: Context) -> str:
+    """Answer now; send a log notification carrying the text a moment after the answer, when
+    no request of this client is open (it travels on the client's GET stream)."""
+    session = ctx.request_context.session
+
+    async def notify() -> None:
+        await asyncio.sleep(0.3)
+        await session.send_log_message(level="info", data=f"later:{text}")
+
+    _pending.add(asyncio.ensure_future(notify()))
+    return "scheduled"
+
+
+_pending: set[asyncio.Future[None]] = set()
 
 
 @server.tool()

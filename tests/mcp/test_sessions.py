@@ -380,3 +380,51 @@ def test_stdio_bridge_refuses_bad_flags() -> None:
     result = run_cli("mcp", "stdio", "--upstream", "http://127.0.0.1:9/mcp", "--header", "nocolon")
     assert result.returncode == 2
     assert "Name: value" in result.stderr
+
+
+async def test_server_initiated_messages_reach_the_get_stream(
+    procs: Processes, tmp_path: Path
+) -> None:
+    gw = gateway(procs, tmp_path)
+    notes = Notes()
+    async with Client(url(gw), mode="legacy", logging_callback=notes, log_level="info") as client:
+        result = await client.call_tool("later", {"text": "t1"})
+        assert result.content[0].text == "scheduled"  # type: ignore[union-attr]
+        await until(lambda: notes.seen == ["later:t1"], timeout=10)
+        session = gw.get_json("/admin/sessions")["routes"][0]["sessions"][0]
+        assert session["stream_open"] is True
+
+
+async def test_per_client_limit_and_client_auth(procs: Processes, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("key-alpha\nkey-beta\n")
+    config = {
+        "server": {"auth_keys_file": str(keys)},
+        "mcp": [
+            {
+                "path": "/mcp",
+                "upstream": {"command": [sys.executable, SERVER]},
+                "max_sessions_per_client": 1,
+            }
+        ],
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    gw = procs.gateway("--config", str(tmp_path / "c.yaml"))
+    alpha = {"Authorization": "Bearer key-alpha"}
+    async with aiohttp.ClientSession() as http:
+        status, _, body = await raw_post(http, gw, INIT)
+        assert status == 401
+        assert body["jsonrpc"] == "2.0"
+        assert "missing API key" in body["error"]["message"]
+        status, _, body = await raw_post(http, gw, INIT, alpha)
+        assert status == 200
+        status, _, body = await raw_post(http, gw, INIT, alpha)
+        assert status == 503
+        assert "max_sessions_per_client 1" in body["error"]["message"]
+        status, _, body = await raw_post(http, gw, INIT, {"Authorization": "Bearer key-beta"})
+        assert status == 200
+    clients = {
+        s["client"] for s in gw.get_json("/admin/sessions", headers=alpha)["routes"][0]["sessions"]
+    }
+    assert len(clients) == 2
+    assert not any("alpha" in c or "beta" in c for c in clients)  # keys never shown

@@ -1,0 +1,39 @@
+"""An mcp SDK 1.x client: connect to URL (streamable HTTP, or SSE when it ends in /sse), call
+``whoami`` and ``echo``, print one JSON line with what came back. Run in its own environment:
+
+    uv run --no-project --with "mcp>=1.20,<2" python tests/mcp/sdk1/client_v1.py URL TEXT
+"""
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamablehttp_client
+
+from mcp import ClientSession
+
+
+async def main(url: str, text: str) -> None:
+    notes: list[str] = []
+
+    async def on_log(params: Any) -> None:
+        notes.append(str(params.data))
+
+    transport: Any = sse_client(url) if url.endswith("/sse") else streamablehttp_client(url)
+    async with (
+        transport as streams,
+        ClientSession(streams[0], streams[1], logging_callback=on_log) as session,
+    ):
+        init = await session.initialize()
+        pid = (await session.call_tool("whoami", {})).content[0].text  # type: ignore[union-attr]
+        echo = (await session.call_tool("echo", {"text": text})).content[0].text  # type: ignore[union-attr]
+    print(
+        json.dumps({"server": init.serverInfo.name, "pid": pid, "echo": echo, "notes": notes}),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
