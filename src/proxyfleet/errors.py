@@ -8,12 +8,15 @@
     ├── ClientGone                       the client disconnected: nothing more is sent
     ├── ListenError                      the listening address cannot be bound (port busy…)
     ├── ProvisionerError                 a provisioner call failed (transport, refusal, bad answer)
+    ├── InvalidMessage                   not JSON-RPC 2.0 (an MCP body or line); knows its code
+    ├── UpstreamGone                     an MCP session's upstream exited or is being stopped
     └── GatewayError                     an error a client sees as HTTP + OpenAI error body
         ├── BadRequest                   400 invalid_request_error
         │   └── PayloadTooLarge          413
         ├── Unauthorized                 401 invalid_api_key
         ├── NotFound                     404
         ├── Overloaded                   503 too many concurrent client requests
+        │   └── SessionLimit             503 MCP max_sessions / max_sessions_per_client
         ├── PoolError                    503, a lease could not be had
         │   ├── LeaseTimeout             waited longer than lease_timeout
         │   ├── QueueFull                the waiting queue is full
@@ -22,7 +25,8 @@
         │   ├── ProvisioningBlocked      the orchestrator says it cannot provision now
         │   └── ProvisioningFailed       provisioning failed (or its circuit breaker is open)
         └── UpstreamError                502 the upstream failed (connect, timeout, 5xx)
-            └── UpstreamTimeout          504
+            ├── UpstreamTimeout          504
+            └── SpawnFailed              502 an MCP server command could not be started
 
 Foreign errors (aiohttp, OSError, pydantic, yaml) are translated where they enter our code,
 with ``raise … from exc``. Each ``GatewayError`` knows its HTTP status, its OpenAI error type and
@@ -36,6 +40,7 @@ __all__ = [
     "ClientGone",
     "ConfigError",
     "GatewayError",
+    "InvalidMessage",
     "LeaseTimeout",
     "ListenError",
     "NoHealthyBackend",
@@ -49,9 +54,12 @@ __all__ = [
     "ProvisioningFailed",
     "ProxyfleetError",
     "QueueFull",
+    "SessionLimit",
+    "SpawnFailed",
     "StateError",
     "Unauthorized",
     "UpstreamError",
+    "UpstreamGone",
     "UpstreamTimeout",
 ]
 
@@ -106,6 +114,18 @@ class ProvisionerError(ProxyfleetError):
         self.eta = eta
 
 
+class InvalidMessage(ProxyfleetError):
+    """Not JSON-RPC 2.0 (the text says why); ``code`` is the JSON-RPC error code for it."""
+
+    def __init__(self, message: str, code: int = -32600) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UpstreamGone(ProxyfleetError):
+    """An MCP session's upstream cannot take messages: it exited or is being stopped."""
+
+
 class GatewayError(ProxyfleetError):
     """An error that reaches the client as an HTTP response in the OpenAI error shape."""
 
@@ -155,6 +175,10 @@ class Overloaded(GatewayError):
     code = "too_many_sessions"
 
 
+class SessionLimit(Overloaded):
+    pass
+
+
 class PoolError(GatewayError):
     status = 503
     error_type = "server_error"
@@ -194,3 +218,7 @@ class UpstreamError(GatewayError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class SpawnFailed(UpstreamError):
+    code = "upstream_unavailable"

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from proxyfleet.mcpproxy.child import ChildGone
+from proxyfleet.errors import UpstreamGone
 from proxyfleet.mcpproxy.jsonrpc import Message
 from proxyfleet.mcpproxy.remote import HttpUpstream
 
@@ -58,5 +58,5 @@ async def _pump(reader: asyncio.StreamReader, upstream: HttpUpstream) -> None:
             continue
         try:
             upstream.send(line)
-        except ChildGone:
+        except UpstreamGone:
             return

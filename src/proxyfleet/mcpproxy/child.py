@@ -17,17 +17,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from proxyfleet.errors import UpstreamGone
 from proxyfleet.logs import event
 from proxyfleet.mcpproxy.jsonrpc import InvalidMessage, Message, parse_line
 
-__all__ = ["Child", "ChildGone"]
+__all__ = ["Child"]
 
 _log = logging.getLogger("proxyfleet.mcp")
 _LINE_LIMIT = 64 * 1024 * 1024  # one message may be large (a resource's contents)
-
-
-class ChildGone(Exception):
-    """The child's stdin is closed: it exited or is being stopped."""
 
 
 class Child:
@@ -84,11 +81,11 @@ class Child:
         """Write one message (a line) to the child's stdin."""
         process = self._process
         if process is None or process.stdin is None or not self.alive or self.stopping:
-            raise ChildGone(self.describe_exit())
+            raise UpstreamGone(self.describe_exit())
         try:
             process.stdin.write(raw + b"\n")
         except (BrokenPipeError, ConnectionResetError, RuntimeError) as exc:
-            raise ChildGone(self.describe_exit()) from exc
+            raise UpstreamGone(self.describe_exit()) from exc
 
     async def _read_stdout(self) -> None:
         process = self._process

@@ -16,7 +16,7 @@ import contextlib
 from typing import Any
 from urllib.parse import parse_qs
 
-from proxyfleet.errors import GatewayError
+from proxyfleet.errors import ClientGone, GatewayError
 from proxyfleet.gateway.asgi import Receive, Scope, Send, read_body
 from proxyfleet.mcpproxy.jsonrpc import (
     INVALID_REQUEST,
@@ -77,10 +77,6 @@ async def send_mcp_error(send: Send, status: int, message: str) -> None:
 
 def _first_request_id(messages: list[Message]) -> Any:
     return next((m.id for m in messages if m.kind is Kind.REQUEST), None)
-
-
-class _Gone(Exception):
-    """The client disconnected."""
 
 
 class McpHttp:
@@ -181,7 +177,7 @@ class McpHttp:
             return
         try:
             await self._answer(receive, send, exchange, headers)
-        except _Gone:
+        except ClientGone:
             session.forget(exchange)
 
     async def _answer(
@@ -238,7 +234,7 @@ class McpHttp:
                         {"type": "http.response.body", "body": _event(item), "more_body": True}
                     )
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except _Gone:
+        except ClientGone:
             pass
         finally:
             session.close_stream(queue)
@@ -305,7 +301,7 @@ async def _sse_session(endpoint: McpHttp, receive: Receive, send: Send, client: 
             while (item := await _next(queue, gone, keepalive=send)) is not None:
                 await send({"type": "http.response.body", "body": _event(item), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except (_Gone, OSError):
+    except (ClientGone, OSError):
         pass
     finally:
         session.close_stream(queue)
@@ -356,7 +352,7 @@ async def _next(
             return item
         getter.cancel()
         if gone in done:
-            raise _Gone()
+            raise ClientGone()
         assert keepalive is not None
         await keepalive(
             {"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True}

@@ -12,11 +12,14 @@ from typing import Any
 
 import orjson
 
+from proxyfleet.errors import InvalidMessage
+
 __all__ = [
     "INTERNAL_ERROR",
     "INVALID_REQUEST",
     "PARSE_ERROR",
     "SERVER_ERROR",
+    "InvalidMessage",
     "Kind",
     "Message",
     "error_body",
@@ -42,14 +45,6 @@ class Message:
     raw: bytes  # the message as it came, one line, no newline
     id: Any = None  # requests and responses
     method: str | None = None  # requests and notifications
-
-
-class InvalidMessage(ValueError):
-    """Not JSON-RPC 2.0 (the text says why); ``code`` is the JSON-RPC error code for it."""
-
-    def __init__(self, message: str, code: int = INVALID_REQUEST) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _classify(data: object, raw: bytes) -> Message:

@@ -22,30 +22,20 @@ from typing import Any
 import aiohttp
 
 from proxyfleet.config.model import McpRouteConfig
-from proxyfleet.errors import GatewayError
+from proxyfleet.errors import SessionLimit, SpawnFailed, UpstreamGone
 from proxyfleet.logs import event
-from proxyfleet.mcpproxy.child import Child, ChildGone
+from proxyfleet.mcpproxy.child import Child
 from proxyfleet.mcpproxy.jsonrpc import Kind, Message
 from proxyfleet.mcpproxy.remote import HttpUpstream
 from proxyfleet.mcpproxy.session import Session, SessionState, Upstream
 
-__all__ = ["Route", "SessionLimit", "SpawnFailed"]
+__all__ = ["Route"]
 
 _log = logging.getLogger("proxyfleet.mcp")
 _ENDED_KEPT = 1000  # ended sessions remembered (for /admin/sessions and a clear 404)
 _ENDED_FOR = 600.0  # seconds
 _WARMUP_ID = "proxyfleet-warmup"
 _WARMUP = b'{"jsonrpc":"2.0","id":"proxyfleet-warmup","method":"ping"}'
-
-
-class SessionLimit(GatewayError):
-    status = 503
-    code = "too_many_sessions"
-
-
-class SpawnFailed(GatewayError):
-    status = 502
-    code = "upstream_unavailable"
 
 
 class Route:
@@ -176,7 +166,7 @@ class Route:
         try:
             child.send(_WARMUP)
             await asyncio.wait_for(answered, 30)
-        except (ChildGone, TimeoutError):
+        except (UpstreamGone, TimeoutError):
             pass
         child.on_message = _drop
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 
+from proxyfleet.errors import UpstreamGone
 from proxyfleet.logs import event
-from proxyfleet.mcpproxy.child import ChildGone
 from proxyfleet.mcpproxy.jsonrpc import (
     SERVER_ERROR,
     InvalidMessage,
@@ -77,7 +77,7 @@ class HttpUpstream:
 
     def send(self, raw: bytes) -> None:
         if not self.alive or self.stopping:
-            raise ChildGone(self.describe_exit())
+            raise UpstreamGone(self.describe_exit())
         task = asyncio.ensure_future(self._post(raw))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from proxyfleet.mcpproxy.child import ChildGone
+from proxyfleet.errors import UpstreamGone
 from proxyfleet.mcpproxy.jsonrpc import SERVER_ERROR, Kind, Message, error_body
 
 __all__ = ["Exchange", "Session", "SessionState", "Upstream"]
@@ -99,7 +99,7 @@ class Session:
             for message in messages:
                 self.child.send(message.raw)
                 self.messages_in += 1
-        except ChildGone:
+        except UpstreamGone:
             if exchange is not None:
                 self._fail(exchange, self.ended_reason or self.child.describe_exit())
             return exchange
