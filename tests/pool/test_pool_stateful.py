@@ -1,4 +1,5 @@
-"""Property-based test of the pool: random leases, releases, failures, timeouts, cancellations."""
+"""Property-based test of the pool: random leases, releases, failures, timeouts, cancellations,
+and backends joining and leaving (as in an elastic pool)."""
 
 from __future__ import annotations
 
@@ -110,6 +111,30 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from([0.001, 0.01, 0.03]))
     def time_passes(self, seconds: float) -> None:
         self._settle(seconds)
+
+    @precondition(lambda self: len(self.pool.backends) < 6)
+    @rule(cap=st.integers(1, 2))
+    def backend_joins(self, cap: int) -> None:
+        name = f"n{self.next_id}"
+        self.next_id += 1
+        self.caps[name] = cap
+        spec = BackendSpec(name, f"http://127.0.0.1:1/{name}", (), cap)
+        self.loop.run_until_complete(self.pool.add_backend(spec))
+        self._settle()
+
+    @precondition(lambda self: bool(self.pool.backends))
+    @rule(data=st.data())
+    def backend_leaves(self, data: Any) -> None:
+        name = data.draw(st.sampled_from([b.id for b in self.pool.backends]))
+        leased = name in self.held.values()
+        removed = self.loop.run_until_complete(self.pool.remove_backend(name))
+        assert removed is not leased  # only an idle backend may leave
+        self._settle()
+
+    @invariant()
+    def membership_is_consistent(self) -> None:
+        assert [s.id for s in self.pool.snapshot()] == [b.id for b in self.pool.backends]
+        assert set(self.held.values()) <= {b.id for b in self.pool.backends}
 
     @invariant()
     def caps_hold_and_counts_match(self) -> None:
