@@ -338,3 +338,29 @@ def test_provisioner_config_errors_name_the_field(tmp_path: Path) -> None:
     result = run_cli("config", "--config", str(sizes))
     assert result.returncode == 2
     assert "min_backends (5) exceeds max_backends (2)" in result.stderr
+
+
+async def test_an_engine_the_orchestrator_drops_leaves_the_pool(
+    procs: Processes, tmp_path: Path
+) -> None:
+    orch = procs.orchestrator("--api-key", KEY)
+    gateway = procs.gateway(
+        "--config", str(write_config(tmp_path, orchestrated(orch, min_backends=2, max_backends=2)))
+    )
+    await until(lambda: len(gateway.get_json("/admin/pool")["backends"]) == 2)
+    victim = orch.get_json("/engines")[0]["container_id"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.delete(  # the orchestrator removes it on its own
+            orch.url + f"/containers/{victim}", headers={"Authorization": f"Bearer {KEY}"}
+        ) as response,
+    ):
+        assert response.status == 200
+    await until(
+        lambda: victim not in {b["id"] for b in gateway.get_json("/admin/pool")["backends"]}
+    )
+    assert "backend_vanished" in gateway.output()
+    async with aiohttp.ClientSession() as session:  # the pool refills to min_backends
+        status, _, _ = await chat(session, gateway, "after-vanish")
+    assert status == 200
+    await until(lambda: len(gateway.get_json("/admin/pool")["backends"]) == 2)

@@ -386,8 +386,33 @@ class Elastic:
         while True:
             await asyncio.sleep(self._config.status_interval)
             await self.poll_status()
+            await self.reconcile()
             if self._wanted():
                 self._start_growth("")
+
+    async def reconcile(self) -> list[str]:
+        """Drop the backends the orchestrator no longer lists (it removed or lost them): an
+        idle one leaves at once, a busy one drains (no new leases) and leaves on a later
+        poll. Backends that joined within two polls are left alone (the list may lag)."""
+        try:
+            listed = {engine.id for engine in await self._provisioner.engines()}
+        except ProvisionerError:
+            return []
+        grace = 2 * self._config.status_interval
+        now = time.monotonic()
+        gone: list[str] = []
+        for backend_id, member in list(self._members.items()):
+            if backend_id in listed or now - member.added < grace:
+                continue
+            if await self._pool.remove_backend(backend_id):
+                del self._members[backend_id]
+                gone.append(backend_id)
+                event(_log, "backend_vanished", logging.WARNING, backend=backend_id)
+                if self._debug is not None:
+                    self._debug.provisioning(None, "engine_vanished", 0.0, True, backend=backend_id)
+            else:
+                await self._pool.drain(backend_id)
+        return gone
 
     async def poll_status(self) -> None:
         started = time.perf_counter()
