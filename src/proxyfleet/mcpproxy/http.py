@@ -189,9 +189,7 @@ class McpHttp:
     ) -> None:
         async with _watch_disconnect(receive) as gone:
             first = await _next(exchange.queue, gone)
-            if first is None:  # cannot happen: the first item is a message
-                await _send_body(send, 202, b"", headers)
-                return
+            assert first is not None  # the end marker only ever follows a message
             if not exchange.pending and exchange.queue.qsize() == 1:
                 exchange.queue.get_nowait()  # the end marker
                 await _send_body(send, 200, first, headers)

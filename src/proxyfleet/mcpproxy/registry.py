@@ -296,7 +296,6 @@ class Route:
             clean = not session.busy and child.alive
         finally:
             self._leased -= 1
-            self.sessions.pop(session.id, None)
             if clean and not self._closing and len(self._idle) < max(4, self.config.prestart):
                 child.on_message = _drop
                 child.on_exit = self._spare_exited

@@ -21,12 +21,14 @@ import re
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
 
 from proxyfleet.debuglog.writer import DebugLog
+from proxyfleet.mock.runner import start_site, stop_event
+from proxyfleet.mock.server import check_fields
 
 __all__ = ["Faults", "OrchestratorMock", "build_orchestrator_app"]
 
@@ -43,10 +45,7 @@ class Faults:
     refuse: bool = False  # provisioning refused, not retryable
 
     def updated(self, changes: dict[str, Any]) -> Faults:
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ValueError(f"unknown fault(s): {', '.join(unknown)}")
+        check_fields(self, changes, "fault")
         for name in ("slow", "blocked", "breaker"):
             value = changes.get(name)
             if value is not None and (not isinstance(value, int | float) or value < 0):
@@ -431,18 +430,9 @@ def build_orchestrator_app(mock: OrchestratorMock) -> web.Application:
 
 async def serve_orchestrator(host: str, port: int, mock: OrchestratorMock) -> None:
     """Serve until SIGTERM or SIGINT; the first line printed is the base URL."""
-    import socket
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     runner = web.AppRunner(build_orchestrator_app(mock), access_log=None, handle_signals=False)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family)
-    bound = sock.getsockname()[1]
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+    bound = await start_site(runner, host, port)
     if mock.debug is not None:
         mock.debug.start(component="mock-orchestrator", port=bound)
     shown = f"[{host}]" if ":" in host else host

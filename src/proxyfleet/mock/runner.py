@@ -44,11 +44,7 @@ class MockServer:
         return f"http://{self.host}:{self.port}/v1"
 
     async def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.create_server((self.host, self.requested_port), family=family, backlog=2048)
-        self.port = sock.getsockname()[1]
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        self.port = await start_site(self._runner, self.host, self.requested_port)
         if self.debug is not None:
             self.debug.start(
                 component="mock", name=self.app[MOCK_STATE].settings.name, port=self.port
@@ -58,6 +54,24 @@ class MockServer:
         await self._runner.cleanup()
         if self.debug is not None:
             self.debug.stop()
+
+
+async def start_site(runner: web.AppRunner, host: str, port: int) -> int:
+    """Serve ``runner`` on ``host:port`` (0 = a free port); the port it got."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=2048)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return int(sock.getsockname()[1])
+
+
+def stop_event() -> asyncio.Event:
+    """Set on SIGTERM or SIGINT: a served mock stops cleanly on either."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 @asynccontextmanager
@@ -88,10 +102,7 @@ async def serve_mock(
     host: str, port: int, settings: MockSettings, debug_dir: Path | None = None
 ) -> None:
     """Serve until SIGTERM or SIGINT; the first line printed is the base URL."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     die_with_parent()
     async with running_mock(host, port, settings, debug_dir) as server:
         print(f"mock listening on {server.base_url}", flush=True)

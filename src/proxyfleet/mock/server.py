@@ -51,13 +51,17 @@ class MockSettings:
     name: str = "mock"  # reported in answers, to tell mocks apart
 
     def updated(self, changes: dict[str, Any]) -> MockSettings:
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ValueError(f"unknown fault setting(s): {', '.join(unknown)}")
+        check_fields(self, changes, "fault setting")
         if "models" in changes:
             changes = dict(changes, models=tuple(changes["models"]))
         return replace(self, **changes)
+
+
+def check_fields(settings: Any, changes: dict[str, Any], what: str) -> None:
+    """Refuse changes naming fields the settings dataclass does not have."""
+    unknown = sorted(set(changes) - {f.name for f in fields(settings)})
+    if unknown:
+        raise ValueError(f"unknown {what}(s): {', '.join(unknown)}")
 
 
 @dataclass

@@ -272,11 +272,8 @@ class Elastic:
                 + (f" (last: {exc.message})" if exc is not None else ""),
                 retry_after=_seconds(self._breaker.remaining(now)),
             )
-        elif self._block is not None:
-            blocked = self._blocked(now)
-            error = blocked if blocked is not None else ProvisioningFailed(exc.message)
-        else:
-            error = ProvisioningFailed(
+        else:  # blocked with an ETA (the refusal said so), else a plain failure
+            error = self._blocked(now) or ProvisioningFailed(
                 f"could not provision a backend: {exc.message}",
                 retry_after=_seconds(self._config.backoff),
             )
