@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import re
+import signal
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from proxyfleet.debuglog.columns import NO_SELECTION, REQUEST_HEAD, SELECTION_NUMBERS
 from proxyfleet.debuglog.writer import DebugLog
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
@@ -50,3 +56,85 @@ def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     log.stop()
     assert len(_lines(log.path("requests"))) == 4
     assert _lines(log.path("session"))[-1]["entries_dropped"] == 6
+
+
+def _request_row(log: DebugLog, rid: str, path: str, backend: str, lease: bytes) -> None:
+    now = time.perf_counter()
+    log.request_strings.extend((rid, "POST", path, backend))
+    log.request_numbers.append(REQUEST_HEAD.pack(200, now - 0.25, 0.25, 42, now - 0.2) + lease)
+
+
+def test_request_rows_become_request_and_selection_lines(tmp_path: Path) -> None:
+    log = DebugLog(tmp_path, strategy="least_busy", flush_interval=0.05)
+    log.start()
+    before = time.time_ns()
+    lease = SELECTION_NUMBERS.pack(time.perf_counter() - 0.24, 0.01, 2, 8, 1)
+    _request_row(log, "r-1", "/v1/chat/completions", "b003", lease)
+    _request_row(log, "r-2", "/v1/models/sk-abcdefgh12345", "", NO_SELECTION)
+    log.selection_strings.extend(("r-1", "b001"))  # the attempt that failed over
+    log.selection_numbers.append(SELECTION_NUMBERS.pack(time.perf_counter() - 0.245, 0, 0, 8, 0))
+    log.stop()
+    first, second = _lines(log.path("requests"))
+    assert first["request_id"] == "r-1"
+    assert first["status"] == 200
+    assert first["bytes"] == 42
+    assert (first["duration_ms"], first["ttfb_ms"], first["backend"]) == (250.0, 50.0, "b003")
+    stamp = datetime.datetime.fromisoformat(str(first["timestamp"]).replace("Z", "+00:00"))
+    assert abs(stamp.timestamp() * 1e9 - before) < 0.5e9  # perf-counter times on the wall clock
+    assert second["backend"] is None
+    assert second["path"] == "/v1/models/sk-[redacted]"
+    selections = _lines(log.path("engine_selection"))
+    assert [(s["backend"], s["attempt"]) for s in selections] == [("b003", 1), ("b001", 0)]
+    assert selections[0]["strategy"] == "least_busy"
+    assert selections[0]["wait_ms"] == 10.0
+    assert (selections[0]["queue_depth"], selections[0]["candidates"]) == (2, 8)
+    end = _lines(log.path("session"))[-1]
+    assert (end["entries_written"], end["entries_dropped"]) == (4, 0)
+
+
+def test_rows_past_the_limit_are_dropped_and_counted(tmp_path: Path) -> None:
+    log = DebugLog(tmp_path, queue_limit=3, flush_interval=60)
+    log.start()
+    for n in range(5):
+        _request_row(log, f"r{n}", "/p", "b", NO_SELECTION)
+    log.stop()
+    assert [line["request_id"] for line in _lines(log.path("requests"))] == ["r0", "r1"]
+    assert _lines(log.path("session"))[-1]["entries_dropped"] == 3  # with session_start: 3 kept
+
+
+def test_the_encoder_outlives_sigterm_and_a_killed_one_is_replaced(tmp_path: Path) -> None:
+    log = DebugLog(tmp_path, flush_interval=0.05)
+    log.start()
+    first = log.encoder_pid
+    assert first is not None
+    _wait_for(lambda: log.path("session").exists())  # it runs: its handlers are in place
+    os.kill(first, signal.SIGTERM)  # ignored: only the end of its input stops it
+    log.log("errors", "r-0", error_type="X")
+    _wait_for(lambda: log.path("errors").exists())
+    os.kill(first, signal.SIGKILL)
+    _wait_for(lambda: _gone(first))
+    log.log("errors", "r-1", error_type="Y")
+    _wait_for(lambda: log.encoder_pid not in (None, first))
+    log.log("errors", "r-2", error_type="Z")
+    log.stop()
+    ids = [line["request_id"] for line in _lines(log.path("errors"))]
+    assert ids[0] == "r-0"
+    assert ids[-1] == "r-2"
+    end = _lines(log.path("session"))[-1]
+    assert end["entries_dropped"] == 3 - len(ids)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return status == "Z"
+
+
+def _wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import stat
+import time
 from pathlib import Path
 
 import aiohttp
@@ -128,3 +130,40 @@ async def test_debug_mode_end_to_end(procs: Processes, tmp_path: Path) -> None:
     assert tail.stdout.count("stress: ") == 2
     follow = run_cli("debug", "tail", str(gw_dir), "-f", "--for", "0.5", "-n", "0")
     assert follow.returncode == 0
+
+
+async def test_a_killed_gateway_loses_nothing_it_sent_and_leaves_no_encoder(
+    procs: Processes, tmp_path: Path
+) -> None:
+    mock = procs.mock()
+    gateway = procs.gateway("--upstream", mock.url, "--debug", "--debug-dir", str(tmp_path / "d"))
+    async with aiohttp.ClientSession() as session:
+        for n in range(20):
+            async with session.post(
+                gateway.url + "/chat/completions",
+                json={"model": "m", "messages": []},
+                headers={"X-Request-ID": f"k-{n}"},
+            ) as r:
+                assert r.status == 200
+    (encoder,) = _children(gateway.popen.pid)
+    await asyncio.sleep(0.6)  # past a flush interval: the rows are with the encoder
+    gateway.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(encoder):  # it finishes on its own, then exits
+        assert time.monotonic() < deadline, "the encoder outlived its gateway"
+        await asyncio.sleep(0.05)
+    lines = next((tmp_path / "d").glob("*_requests.jsonl")).read_text().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [f"k-{n}" for n in range(20)]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running (an exited process its new parent has not reaped yet is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

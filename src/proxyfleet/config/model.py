@@ -5,6 +5,7 @@ Runtime state never lives here; see :mod:`proxyfleet.pool` and :mod:`proxyfleet.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -258,6 +259,17 @@ class DebugConfig(_Model):
     provisioning_failures_per_window: int = Field(default=5, ge=0)
     queue_saturation: float = Field(default=0.8, gt=0, le=1)
     stress_window: float = Field(default=60.0, gt=0)
+    flush_interval: float = Field(default=0.2, gt=0, le=60)
+    encoder_cpus: tuple[int, ...] = ()
+
+    @field_validator("encoder_cpus")
+    @classmethod
+    def _known_cpus(cls, cpus: tuple[int, ...]) -> tuple[int, ...]:
+        count = os.cpu_count() or 1
+        for cpu in cpus:
+            if not 0 <= cpu < count:
+                raise ValueError(f"CPU {cpu} does not exist here (this machine has 0-{count - 1})")
+        return cpus
 
 
 class Config(_Model):

@@ -1,103 +1,67 @@
-"""Debug mode's writer: ``<session>_<category>.jsonl``, one flat JSON object per line.
+"""Debug mode's writer, the part that lives in the recording process.
 
-Every line starts with ``session_id``, ``timestamp`` (UTC, RFC 3339 with nanoseconds) and
-``elapsed_seconds``, then ``request_id`` where there is one, then the category's fields. The
-request path only appends a dict (or, for the per-request categories, a tuple) to a bounded
-queue (when full, the entry is counted as dropped, never waited for); a background thread
-encodes, redacts and writes in batches. Files are 0600 in
-a 0700 directory. The number of dropped entries goes to the ``session`` file at the end.
+Recording appends to lists: a request's row is its strings (``request_strings``) and its
+numbers packed (``request_numbers``), a lease of its own likewise (``selection_*``), laid out
+as :mod:`proxyfleet.debuglog.columns` says; :meth:`DebugLog.log` takes every other entry. A
+background thread takes what is there every ``flush_interval`` seconds and sends it as one
+frame to the encoder process
+(:mod:`proxyfleet.debuglog.encoder`), which formats the lines, redacts and writes the files
+away from the event loop's core. Nothing on the request path waits: the pipe is
+non-blocking, a batch the encoder has not taken yet waits in memory, and past ``queue_limit``
+entries waiting, new ones are dropped and counted. Should the encoder die, what was in flight is
+counted as dropped and a new encoder carries on with the same files. The number of dropped
+entries goes to the ``session`` file at the end.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime
-import functools
+import fcntl
+import logging
+import marshal
 import os
+import select
+import subprocess
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
-from proxyfleet.logs import SECRET_KEYS, redact
+from proxyfleet.debuglog.columns import REQUEST_STRINGS, SELECTION_STRINGS, pack_strings
+from proxyfleet.debuglog.encoder import CATEGORIES, FRAME, rfc3339_ns
+from proxyfleet.logs import event
 
-__all__ = ["CATEGORIES", "HOT_FIELDS", "DebugLog", "rfc3339_ns"]
+__all__ = ["CATEGORIES", "DebugLog", "rfc3339_ns"]
 
-CATEGORIES = (
-    "session",
-    "requests",
-    "engine_selection",
-    "provisioning",
-    "orchestrator_health",
-    "streams",
-    "stress",
-    "errors",
-    "disconnects",
-)
+_log = logging.getLogger("proxyfleet.debuglog")
+_RESPAWNS = 5  # encoders started after the first died, before the log gives up
+_PIPE_SIZE = 1 << 20
+_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
-_COMMON = b'%s%s.%09dZ","elapsed_seconds":%.6f,"request_id":"%s"'
-_REQUESTS_LINE = _COMMON + (
-    b',"method":%s,"path":%s,"status":%d,"duration_ms":%.3f,"backend":%s,"bytes":%d,"ttfb_ms":%s}'
-)
-_SELECTION_LINE = _COMMON + (
-    b',"strategy":%s,"backend":%s,"wait_ms":%.3f,"queue_depth":%d,"candidates":%d,"attempt":%d}'
-)
-
-
-@functools.lru_cache(maxsize=4)
-def _second_bytes(seconds: int) -> bytes:
-    return _second(seconds).encode()
-
-
-@functools.lru_cache(maxsize=4)
-def _second(seconds: int) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def rfc3339_ns(ns: int) -> str:
-    """UTC, RFC 3339 with nanoseconds (the date part is computed once per second)."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return f"{_second(seconds)}.{rest:09d}Z"
-
-
-_SUSPECT = ("earer", "sk-", "ookie", "pi-key", "pi_key")
-_DICT, _HOT = 0, 1
-#: The per-request categories written from tuples, and their fields in order.
-HOT_FIELDS = {
-    "requests": ("method", "path", "status", "duration_ms", "backend", "bytes", "ttfb_ms"),
-    "engine_selection": (
-        "strategy",
-        "backend",
-        "wait_ms",
-        "queue_depth",
-        "candidates",
-        "attempt",
-    ),
-}
-
-
-def _clean(value: Any, secret: frozenset[str]) -> Any:
-    """Secrets out: fields by name (built-in and configured), bearer tokens and API keys in
-    text. Numbers and ordinary strings pass untouched, which keeps this cheap."""
-    if isinstance(value, str):
-        return redact(value) if any(s in value for s in _SUSPECT) else value
+def _plain(value: Any) -> Any:
+    """``value`` as JSON can carry it, for the rare entry orjson refuses (an int past 64 bits)."""
+    if value is None or isinstance(value, bool | float | str):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
     if isinstance(value, dict):
-        return {
-            k: "[redacted]" if str(k).lower() in secret else _clean(v, secret)
-            for k, v in value.items()
-        }
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v, secret) for v in value]
-    return value
+        return [_plain(v) for v in value]
+    return str(value)
 
 
 class DebugLog:
-    """Open with :meth:`start`, close with :meth:`stop`; :meth:`log` never blocks."""
+    """Open with :meth:`start`, close with :meth:`stop`. Recording never blocks: :meth:`log`
+    for an entry with named fields, the ``request_*`` and ``selection_*`` lists for the
+    per-request rows (strings first, then numbers)."""
 
     def __init__(
         self,
@@ -106,168 +70,252 @@ class DebugLog:
         queue_limit: int = 10_000,
         secret_fields: Iterable[str] = (),
         flush_interval: float = 0.2,
+        encoder_cpus: Iterable[int] = (),
+        strategy: str = "",
     ) -> None:
         self.directory = directory
+        self.strategy = strategy  # the pool's selection strategy, for engine_selection lines
         self._start_ns = time.time_ns()
         self.session_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S")
-        self._head = b'{"session_id":"' + self.session_id.encode() + b'","timestamp":"'
-        # (category, time_ns, request_id, fields dict or hot tuple, kind)
-        self._queue: collections.deque[
-            tuple[str, int, str | None, dict[str, Any] | tuple[Any, ...], int]
-        ] = collections.deque()
-        self._strings: dict[str, bytes] = {}  # JSON-encoded (and redacted) hot strings
+        # The same lists for the whole session (the sender takes rows from their front), so
+        # the gateway may keep their bound ``append``.
+        self.request_strings: list[str] = []
+        self.request_numbers: list[bytes] = []
+        self.selection_strings: list[str] = []
+        self.selection_numbers: list[bytes] = []
+        self._entries: list[tuple[str, int, str | None, dict[str, Any]]] = []
         self._limit = queue_limit
         self.dropped = 0
-        self.written = 0
-        self._secret = SECRET_KEYS | frozenset(s.lower() for s in secret_fields)
+        self.sent = 0  # entries handed to an encoder
+        self._pending: deque[tuple[memoryview, int]] = deque()  # frames not taken yet, entries
+        self._waiting = 0  # entries in those frames
+        self._end: dict[str, Any] = {}
+        self._secret_fields = tuple(secret_fields)
+        self._cpus = frozenset(encoder_cpus)
         self._interval = flush_interval
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._files: dict[str, BinaryIO] = {}
         self._thread: threading.Thread | None = None
+        self._encoder: subprocess.Popen[bytes] | None = None
+        self._respawns = 0
 
     def start(self, **fields: Any) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(OSError):
             os.chmod(self.directory, 0o700)
+        self._encoder = self._spawn()
         self._thread = threading.Thread(target=self._run, name="proxyfleet-debuglog", daemon=True)
         self._thread.start()
         self.log("session", event="session_start", **fields)
 
     def stop(self, **fields: Any) -> None:
-        if self._thread is None:
+        """Send what is left with the ``session_end`` entry, then wait (10 s at most) for the
+        encoder to have written it all."""
+        thread = self._thread
+        if thread is None:
             return
-        end = {
-            "event": "session_end",
-            "entries_written": self.written + len(self._queue),
-            "entries_dropped": self.dropped,
-            **fields,
-        }
-        self._queue.append(("session", time.time_ns(), None, end, _DICT))
+        self._thread = None
+        self._end = fields
         self._stop.set()
         self._wake.set()
-        self._thread.join(10)
-        self._thread = None
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
+        thread.join(10)
+        encoder = self._encoder
+        if encoder is not None:
+            try:
+                encoder.wait(10 if not thread.is_alive() else 0)
+            except subprocess.TimeoutExpired:
+                encoder.kill()
+                encoder.wait()
+            thread.join(1)
 
     def log(self, category: str, request_id: str | None = None, **fields: Any) -> None:
-        """Queue one entry; drop it (and count it) when the queue is full."""
-        if len(self._queue) >= self._limit:
+        """Record one entry with named fields; drop it (and count it) when the queue is full."""
+        if len(self._entries) + self._waiting >= self._limit:
             self.dropped += 1
             return
-        self._queue.append((category, time.time_ns(), request_id, fields, _DICT))
+        self._entries.append((category, time.time_ns(), request_id, fields))
 
-    def log_hot(self, category: str, request_id: str, values: tuple[Any, ...]) -> None:
-        """:meth:`log` for the per-request categories (``requests``, ``engine_selection``):
-        a tuple in the category's fixed field order, formatted by the writer thread from a
-        template (see :data:`HOT_FIELDS`). The cheapest entry there is: no dict, no encoding here.
-        """
-        if len(self._queue) >= self._limit:
-            self.dropped += 1
-            return
-        self._queue.append((category, time.time_ns(), request_id, values, _HOT))
+    @property
+    def encoder_pid(self) -> int | None:
+        """The encoder process's pid (``None`` before start, and once given up on)."""
+        return self._encoder.pid if self._encoder is not None else None
 
     def path(self, category: str) -> Path:
         return self.directory / f"{self.session_id}_{category}.jsonl"
 
-    # -- the writer thread ---------------------------------------------------------------------
+    # -- the sending thread --------------------------------------------------------------------
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        command = [
+            sys.executable,
+            "-m",
+            "proxyfleet.debuglog.encoder",
+            "--dir",
+            str(self.directory),
+            "--session",
+            self.session_id,
+            "--start-ns",
+            str(self._start_ns),
+        ]
+        for name in self._secret_fields:
+            command += ["--secret-field", name]
+        encoder = subprocess.Popen(  # its own process group: a Ctrl-C or a killpg of ours
+            command,  # does not cut it short; the end of its input does
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            process_group=0,
+        )
+        assert encoder.stdin is not None
+        fd = encoder.stdin.fileno()
+        with contextlib.suppress(OSError):  # Linux: room for bursts while the encoder is busy
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        os.set_blocking(fd, False)
+        if self._cpus:
+            try:
+                os.sched_setaffinity(encoder.pid, self._cpus)
+            except OSError as exc:
+                event(
+                    _log,
+                    "debug_encoder_unpinned",
+                    logging.WARNING,
+                    cpus=sorted(self._cpus),
+                    error=exc.strerror,
+                )
+        return encoder
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self._interval)
             self._wake.clear()
-            self._drain()
-        self._drain()
+            self._take()
+            self._send()
+        self._take(self._end)
+        deadline = time.monotonic() + 8
+        while self._pending and self._encoder is not None and time.monotonic() < deadline:
+            self._send(wait=0.1)
+        encoder = self._encoder
+        if encoder is not None and encoder.stdin is not None:
+            with contextlib.suppress(OSError):
+                encoder.stdin.close()  # the encoder's end of input: it writes the rest and exits
 
-    def _encode(self, ns: int, rid: str | None, fields: dict[str, Any]) -> bytes:
-        """One line: the common fields, then ``fields`` (already clean) as JSON."""
-        seconds, rest = divmod(ns, 1_000_000_000)
-        body = orjson.dumps(fields, default=str)
-        rid_part = b',"request_id":' + orjson.dumps(rid) if rid is not None else b""
-        return b'%s%s.%09dZ","elapsed_seconds":%.6f%s%s' % (
-            self._head,
-            _second(seconds).encode(),
-            rest,
-            (ns - self._start_ns) / 1e9,
-            rid_part,
-            b"," + body[1:] if len(body) > 2 else b"}",
+    def _take(self, end: dict[str, Any] | None = None) -> None:
+        """What was recorded since the last time, as one frame; past the limit, dropped. With
+        ``end``, the ``session_end`` entry goes last (its counts include everything before it;
+        the encoder takes off what it failed to write)."""
+        room = max(self._limit - self._waiting, 0)
+        entries = self._rows(self._entries, room)
+        requests = self._packed(
+            self.request_numbers, self.request_strings, REQUEST_STRINGS, room - len(entries)
         )
-
-    def _string(self, value: str | None) -> bytes:
-        """A hot string field as JSON, redacted when it looks like a secret; memoised (the
-        values repeat: methods, routes, backend ids)."""
-        if value is None:
-            return b"null"
-        encoded = self._strings.get(value)
-        if encoded is None:
-            encoded = orjson.dumps(_clean(value, self._secret))
-            if len(self._strings) < 4096:
-                self._strings[value] = encoded
-        return encoded
-
-    def _encode_hot(
-        self, category: str, ns: int, rid: str | None, values: tuple[Any, ...]
-    ) -> bytes:
-        """One template per category. Request ids are the gateway's (checked against a safe
-        character set), so they go in as they are; other strings through :meth:`_string`."""
-        seconds, rest = divmod(ns, 1_000_000_000)
-        string = self._string
-        common = (
-            self._head,
-            _second_bytes(seconds),
-            rest,
-            (ns - self._start_ns) / 1e9,
-            (rid or "").encode(),
+        selections = self._packed(
+            self.selection_numbers,
+            self.selection_strings,
+            SELECTION_STRINGS,
+            room - len(entries) - requests[0],
         )
-        if category == "requests":
-            method, path, status, duration, backend, size, ttfb = values
-            return _REQUESTS_LINE % (
-                *common,
-                string(method),
-                string(path),
-                status,
-                duration * 1000,
-                string(backend),
-                size,
-                b"null" if ttfb is None else b"%.3f" % (ttfb * 1000),
-            )
-        strategy, backend, wait, depth, candidates, attempt = values
-        return _SELECTION_LINE % (
-            *common,
-            string(strategy),
-            string(backend),
-            wait * 1000,
-            depth,
-            candidates,
-            attempt,
+        count = requests[0] + selections[0] + len(entries)
+        if end is not None:
+            fields = {
+                "event": "session_end",
+                "entries_written": self.sent + self._waiting + count,
+                "entries_dropped": self.dropped,
+                **end,
+            }
+            entries.append(("session", time.time_ns(), None, fields))
+            count += 1
+        if not count:
+            return
+        if self._encoder is None:  # given up: counted, not sent
+            self.dropped += count
+            return
+        try:
+            cold = orjson.dumps(entries, option=_OPTIONS, default=str)
+        except TypeError:  # something orjson refuses even with default=str
+            cold = orjson.dumps(_plain(entries), option=_OPTIONS)
+        frame = {
+            "anchor": (time.time_ns(), time.perf_counter()),
+            "strategy": self.strategy,
+            "requests": requests,
+            "selections": selections,
+            "entries": cold,
+        }
+        data = marshal.dumps(frame)
+        self._pending.append((memoryview(FRAME.pack(len(data)) + data), count))
+        self._waiting += count
+
+    def _packed(
+        self, numbers: list[bytes], strings: list[str], per_row: int, room: int
+    ) -> tuple[int, bytes, tuple[str, Any]]:
+        """Rows recorded so far as (count, numbers joined, strings packed); past ``room``, the
+        newest are dropped and counted. A row half appended right now waits for next time."""
+        count = min(len(numbers), len(strings) // per_row)
+        taken = numbers[:count]
+        del numbers[:count]
+        texts = strings[: count * per_row]
+        del strings[: count * per_row]
+        if count > room:
+            self.dropped += count - max(room, 0)
+            count = max(room, 0)
+            del taken[count:], texts[count * per_row :]
+        return count, b"".join(taken), pack_strings(texts)
+
+    def _rows(self, rows: list[Any], room: int) -> list[Any]:
+        """The rows recorded so far, taken off the front of ``rows``; past ``room``, the
+        newest are dropped and counted."""
+        count = len(rows)
+        taken = rows[:count]
+        del rows[:count]  # rows appended meanwhile stay for the next time
+        if count > room:
+            self.dropped += count - room
+            del taken[room:]
+        return taken
+
+    def _send(self, wait: float = 0.0) -> None:
+        """Write pending frames while the pipe takes them (waiting up to ``wait`` for room)."""
+        encoder = self._encoder
+        if encoder is None or encoder.stdin is None:
+            return
+        fd = encoder.stdin.fileno()
+        pending = self._pending
+        try:
+            while pending:
+                frame, count = pending[0]
+                if wait:
+                    select.select([], [fd], [], wait)
+                try:
+                    written = os.write(fd, frame)
+                except BlockingIOError:
+                    return
+                if written < len(frame):
+                    pending[0] = (frame[written:], count)
+                    continue
+                pending.popleft()
+                self._waiting -= count
+                self.sent += count
+        except OSError:  # the encoder is gone
+            self._replace_encoder()
+
+    def _replace_encoder(self) -> None:
+        """The encoder died (killed, crashed): what was in flight is lost and counted; start
+        another unless that has happened too often already."""
+        lost = self._waiting
+        self._pending.clear()
+        self._waiting = 0
+        self.dropped += lost
+        old = self._encoder
+        self._encoder = None
+        code = old.wait() if old is not None else None
+        if old is not None and old.stdin is not None:
+            with contextlib.suppress(OSError):
+                old.stdin.close()
+        retry = self._respawns < _RESPAWNS
+        event(
+            _log,
+            "debug_encoder_exited",
+            logging.ERROR,
+            exit_code=code,
+            restarting=retry,
+            entries_lost=lost,
         )
-
-    def _drain(self) -> None:
-        batches: dict[str, list[bytes]] = {}
-        queue, secret = self._queue, self._secret
-        popleft, hot, encode = queue.popleft, self._encode_hot, self._encode
-        for _ in range(len(queue)):
-            category, ns, rid, payload, kind = popleft()
-            line = (
-                hot(category, ns, rid, payload)  # type: ignore[arg-type]
-                if kind == _HOT
-                else encode(ns, rid, _clean(payload, secret))
-            )
-            lines = batches.get(category)
-            if lines is None:
-                lines = batches[category] = []
-            lines.append(line)
-        for category, lines in batches.items():
-            handle = self._file(category)
-            handle.write(b"\n".join(lines) + b"\n")
-            handle.flush()
-            self.written += len(lines)
-
-    def _file(self, category: str) -> BinaryIO:
-        handle = self._files.get(category)
-        if handle is None:
-            path = self.path(category)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            handle = self._files[category] = os.fdopen(fd, "ab")
-        return handle
+        if retry:
+            self._respawns += 1
+            self._encoder = self._spawn()

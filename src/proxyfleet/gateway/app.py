@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from proxyfleet.config.model import Config
+from proxyfleet.debuglog.columns import REQUEST_HEAD
 from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.errors import (
     BadRequest,
@@ -67,6 +68,7 @@ from proxyfleet.upstream import Origin, UpstreamClient
 __all__ = ["Gateway", "GatewayState"]
 
 _log = logging.getLogger("proxyfleet.gateway")
+_pack_request = REQUEST_HEAD.pack
 _ROUTES = {
     "/v1/chat/completions": "chat_completions",
     "/v1/responses": "responses",
@@ -121,7 +123,9 @@ class Gateway:
         self._models_cache: tuple[float, bytes] | None = None
         self._debug: DebugRecorder | None = None
         if config.debug.enabled:
-            self._debug = DebugRecorder(config.debug, config.pool.queue_limit)
+            self._debug = DebugRecorder(
+                config.debug, config.pool.queue_limit, config.pool.selection
+            )
         provider = config.pool.provider
         self._translate: TranslateOptions | None = None
         if provider.mode == "chat":
@@ -407,8 +411,15 @@ class Gateway:
         self.metrics.observe(route, sent.status or 499, elapsed)
         if self._events is not None:
             self._events.ended(rid, sent.end_reason())
-        if self._debug is not None:
-            self._debug_request(scope["method"], path, rid, sent, started, elapsed)
+        debug = self._debug
+        if debug is not None:  # the request's row for debug mode (see debuglog.columns)
+            debug.request_strings.extend((rid, scope["method"], path, sent.backend or ""))
+            debug.request_numbers.append(
+                _pack_request(sent.status or 499, started, elapsed, sent.bytes, sent.first_byte)
+                + sent.selection
+            )
+            if elapsed > debug.slow_request or sent.sse or sent.gone:
+                self._debug_request(debug, rid, sent, elapsed)
         if self._access_log:
             event(
                 _log,
@@ -422,15 +433,11 @@ class Gateway:
                 duration_ms=round(elapsed * 1000, 2),
             )
 
-    def _debug_request(
-        self, method: str, path: str, rid: str, sent: Sent, started: float, elapsed: float
-    ) -> None:
-        debug = self._debug
-        assert debug is not None
-        ttfb = sent.first_byte - started if sent.first_byte else None
-        debug.request(
-            rid, method, path, sent.status or 499, elapsed, sent.backend, sent.bytes, ttfb
-        )
+    @staticmethod
+    def _debug_request(debug: DebugRecorder, rid: str, sent: Sent, elapsed: float) -> None:
+        """What a slow, streamed or abandoned request records besides its row."""
+        if elapsed > debug.slow_request:
+            debug.slow(rid, elapsed)
         if sent.sse:
             debug.stream(
                 rid,

@@ -8,11 +8,13 @@ with an SSE ``error`` event the client can parse.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from proxyfleet.debuglog.columns import NO_SELECTION, SELECTION_NUMBERS
 from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.errors import GatewayError, NoHealthyBackend, UpstreamError, UpstreamTimeout
 from proxyfleet.gateway.asgi import Scope, Send, sse_error
@@ -26,6 +28,9 @@ from proxyfleet.upstream import Origin, UpstreamClient, UpstreamResponse
 __all__ = ["Forwarder", "Sent", "StreamBroken", "Transform"]
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+_pack_selection = SELECTION_NUMBERS.pack
 
 
 class StreamBroken(Exception):
@@ -44,6 +49,8 @@ class Sent:
     first_byte: float = 0.0  # perf_counter when the response head went out
     broken: str | None = None  # why a started stream ended early: upstream_error / timeout
     gone: bool = False  # the client disconnected
+    # Debug mode only: the lease that served it, packed (SELECTION_NUMBERS in debuglog.columns)
+    selection: builtins.bytes = NO_SELECTION
 
     def end_reason(self) -> str:
         """Why the response ended: completed, client_disconnected, upstream_error, timeout, or
@@ -108,27 +115,37 @@ class Forwarder:
             origin = self._origins[backend.base_url] = Origin.parse(backend.base_url)
         return origin
 
-    async def _lease(self, rid: str, tried: list[str], last: GatewayError | None) -> Lease:
+    async def _lease(
+        self, rid: str, tried: list[str], last: GatewayError | None, sent: Sent | None = None
+    ) -> Lease:
         """A lease on a backend not tried yet; when none is left, the last failure is the
-        answer rather than "no healthy backend"."""
+        answer rather than "no healthy backend". In debug mode the selection is recorded: on
+        ``sent``, to go out with the request's row, else as a row of its own."""
         try:
             lease = await self._pool.acquire(rid, exclude=tried)
         except NoHealthyBackend:
             if last is not None:
                 raise last from None
             raise
-        self._metrics.lease_wait.observe(lease.wait_seconds)
-        if self._debug is not None:
+        wait = lease.wait_seconds
+        self._metrics.lease_wait.observe(wait)
+        debug = self._debug
+        if debug is not None:  # the selection, for debug mode (see debuglog.columns)
             pool = self._pool
-            self._debug.selection(
-                rid,
-                pool.settings.selection,
-                lease.backend.id,
-                lease.wait_seconds,
-                pool.waiting,
-                len(pool.backends),
-                len(tried),
+            waiting = pool.waiting
+            selection = _pack_selection(
+                time.perf_counter(), wait, waiting, len(pool.backends), len(tried)
             )
+            if sent is None:  # not tied to a request's row (a WebSocket's): a row of its own
+                debug.selection_strings.extend((rid, lease.backend.id))
+                debug.selection_numbers.append(selection)
+            else:  # goes out with the request's row; an earlier attempt's gets its own now
+                if sent.selection is not NO_SELECTION:
+                    debug.selection_strings.extend((rid, sent.backend or ""))
+                    debug.selection_numbers.append(sent.selection)
+                sent.selection = selection
+            if wait > debug.slow_selection or waiting >= debug.saturated:
+                debug.pressure(rid, wait, waiting)
         return lease
 
     async def forward(
@@ -147,7 +164,7 @@ class Forwarder:
         tried: list[str] = []
         last: GatewayError | None = None
         for attempt in range(self._retries + 1):
-            lease = await self._lease(rid, tried, last)
+            lease = await self._lease(rid, tried, last, sent)
             try:
                 async with lease:
                     sent.backend = lease.backend.id
