@@ -7,8 +7,11 @@ generator (wrk) and the upstream (nginx serving fixed answers) share core 1, so 
 never the bottleneck. proxyfleet runs a strict single-flight pool over ``--backends`` backends
 (one API key each). Printed: req/s and p50/p99 for direct, nginx and proxyfleet, non-streaming
 and streaming (SSE), the ratio proxyfleet/nginx, the p50 latency each proxy adds at one
-connection, and RSS per idle streaming connection with ``--hold`` streams open.
-Only loopback addresses are used; every run is bounded by ``--duration``.
+connection, RSS per idle streaming connection with ``--hold`` streams open, debug mode's
+overhead (throughput in interleaved off/on pairs, CPU time per request of the gateway and of
+its encoder process, and instructions per request counted by valgrind when it is installed)
+and the MCP latencies. Only loopback addresses are used; every run is bounded by
+``--duration`` or by a request count.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from debug_instructions import debug_instructions
 from mcp_latency import mcp_figures
 
 CHAT_JSON = json.dumps(
@@ -134,6 +138,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
 
 
 def free_port() -> int:
@@ -184,6 +189,7 @@ def wrk(url: str, lua: Path, connections: int, duration: float) -> Result:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = 0
     for pattern in (
         r"Non-2xx or 3xx responses: (\d+)",
@@ -193,7 +199,7 @@ def wrk(url: str, lua: Path, connections: int, duration: float) -> Result:
         found = re.search(pattern, out)
         if found:
             errors += sum(int(g) for g in found.groups())
-    return Result(rps, p50, p99, errors)
+    return Result(rps, p50, p99, errors, requests)
 
 
 def _median(results: list[Result]) -> Result:
@@ -304,8 +310,7 @@ def process(
 
 
 def nginx_worker(master_pid: int) -> int:
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    return int(children[0])
+    return children(master_pid)[0]
 
 
 def main() -> int:
@@ -329,6 +334,13 @@ def main() -> int:
         default="all",
         help="'debug': only the debug-mode overhead pairs; 'mcp': only the MCP latencies",
     )
+    parser.add_argument(
+        "--valgrind-requests",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=(500, 3000),
+        metavar="N1,N2",
+        help="requests of the two valgrind runs per debug mode (instructions per request)",
+    )
     parser.add_argument("--mcp-sessions", type=int, default=20, help="sessions started per kind")
     parser.add_argument("--mcp-calls", type=int, default=300, help="tool calls per path")
     args = parser.parse_args()
@@ -336,6 +348,7 @@ def main() -> int:
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench needs {tool}: apt-get install nginx-light wrk util-linux")
+    # valgrind is optional: without it the instructions-per-request line says how to get it
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     nginx = shutil.which("nginx")
@@ -417,6 +430,9 @@ def main() -> int:
         overhead = debug_overhead(
             work, config, lua, c, d, args.debug_pairs, py, env, paths["non-streaming"]
         )
+        overhead += "\n" + debug_instructions(
+            work, config, py, env, free_port(), REQUEST, args.valgrind_requests
+        )
     print(
         f"\nproxyfleet bench: {c} connections, {d:g}s per run, {args.rounds} interleaved rounds "
         f"(medians shown), proxies on core 0, wrk + upstream nginx on core 1, "
@@ -471,9 +487,26 @@ def only(
         pinned_nginx("1", nginx, work, str(work / "upstream.conf")), work / "upstream.log"
     ):
         wait_port(up_port)
-        return debug_overhead(
+        overhead = debug_overhead(
             work, config, lua, args.connections, args.duration, args.debug_pairs, py, env, REQ_PATH
         )
+        return (
+            overhead
+            + "\n"
+            + debug_instructions(
+                work, config, py, env, free_port(), REQUEST, args.valgrind_requests
+            )
+        )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def debug_overhead(
@@ -487,37 +520,62 @@ def debug_overhead(
     env: dict[str, str],
     path: str,
 ) -> str:
-    """Throughput with debug mode off and on, in interleaved pairs; the median loss."""
+    """Throughput with debug mode off and on, in interleaved pairs (off first, then on first,
+    by turns); the median loss. Also the
+    CPU time per request of the gateway (off, on) and of debug mode's encoder process, which
+    runs on core 1 with wrk and the upstream (``debug.encoder_cpus``)."""
     ports = {"off": free_port(), "on": free_port()}
     for mode, port in ports.items():
         variant = json.loads(json.dumps(config))
         variant["server"]["port"] = port
-        variant["debug"] = {"enabled": mode == "on", "dir": str(work / "debug_logs")}
+        variant["debug"] = {
+            "enabled": mode == "on",
+            "dir": str(work / "debug_logs"),
+            "encoder_cpus": [1],
+        }
         (work / f"debug-{mode}.yaml").write_text(json.dumps(variant))
     with contextlib.ExitStack() as stack:
-        for mode in ports:
-            stack.enter_context(
+        pids = {
+            mode: stack.enter_context(
                 process(
                     pinned_proxyfleet("0", py, "serve", "-c", str(work / f"debug-{mode}.yaml")),
                     work / f"debug-{mode}.log",
                     env,
                 )
-            )
+            ).pid
+            for mode in ports
+        }
         for port in ports.values():
             wait_port(port)
             wrk(f"http://127.0.0.1:{port}{path}", lua, connections, 1)
+        (encoder,) = children(pids["on"])
         losses, rates = [], []
-        for _ in range(pairs):
-            off = wrk(f"http://127.0.0.1:{ports['off']}{path}", lua, connections, duration)
-            on = wrk(f"http://127.0.0.1:{ports['on']}{path}", lua, connections, duration)
-            losses.append(1 - on.rps / off.rps)
-            rates.append((off.rps, on.rps))
+        cpu = {"off": [0.0, 0], "on": [0.0, 0], "encoder": [0.0, 0]}
+        for pair in range(pairs):
+            results = {}
+            for mode in ("off", "on") if pair % 2 == 0 else ("on", "off"):  # drift hits both
+                port = ports[mode]
+                before = cpu_seconds(pids[mode]), cpu_seconds(encoder)
+                results[mode] = wrk(f"http://127.0.0.1:{port}{path}", lua, connections, duration)
+                after = cpu_seconds(pids[mode]), cpu_seconds(encoder)
+                cpu[mode][0] += after[0] - before[0]
+                cpu[mode][1] += results[mode].requests
+                if mode == "on":
+                    cpu["encoder"][0] += after[1] - before[1]
+                    cpu["encoder"][1] += results[mode].requests
+            losses.append(1 - results["on"].rps / results["off"].rps)
+            rates.append((results["off"].rps, results["on"].rps))
     losses.sort()
     median = losses[len(losses) // 2]
     shown = ", ".join(f"{off:.0f}/{on:.0f}" for off, on in rates)
+    per = {name: seconds / max(count, 1) * 1e6 for name, (seconds, count) in cpu.items()}
     return (
         f"debug mode overhead at {connections} connections: {median:+.1%} throughput lost "
-        f"(median of {pairs} interleaved off/on pairs, req/s: {shown})"
+        f"(median of {pairs} interleaved off/on pairs, req/s: {shown})\n"
+        f"debug mode CPU per request: gateway {per['off']:.1f} us off, {per['on']:.1f} us on "
+        f"({per['on'] / per['off'] - 1:+.1%}); encoder process {per['encoder']:.1f} us "
+        f"on core 1 (on the gateway's core it would add about "
+        f"{per['encoder'] / per['off']:.1%})"
     )
 
 

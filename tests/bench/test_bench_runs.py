@@ -1,7 +1,7 @@
 """The benchmark's one command runs end to end and prints every figure it promises.
 
-It needs nginx and wrk. Without them the test is skipped on a developer machine with the reason,
-but under CI (``CI=true``, where .ci/run installs both) a missing tool is a failure.
+It needs nginx, wrk and valgrind. Without them the test is skipped on a developer machine with
+the reason, but under CI (``CI=true``, where .ci/run installs them) a missing tool is a failure.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
 _PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-MISSING = [t for t in ("nginx", "wrk", "taskset") if shutil.which(t, path=_PATH) is None]
+MISSING = [
+    t for t in ("nginx", "wrk", "taskset", "valgrind") if shutil.which(t, path=_PATH) is None
+]
 
 
 def test_bench_prints_ratios_latency_and_memory() -> None:
     if MISSING:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must provide {', '.join(MISSING)} (see .ci/run)")
-        pytest.skip(f"needs {', '.join(MISSING)}: apt-get install nginx-light wrk")
+        pytest.skip(f"needs {', '.join(MISSING)}: apt-get install nginx-light wrk valgrind")
     result = subprocess.run(
         [
             sys.executable,
@@ -43,10 +45,12 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
             "2",
             "--mcp-calls",
             "10",
+            "--valgrind-requests",
+            "20,60",
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -62,6 +66,18 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
     assert re.search(
         r"^debug mode overhead at 64 connections: [-+]\d+\.\d% throughput lost "
         r"\(median of 1 interleaved",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        r"^debug mode CPU per request: gateway [\d.]+ us off, [\d.]+ us on \([-+][\d.]+%\); "
+        r"encoder process [\d.]+ us on core 1",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        r"^debug mode instructions per request \(valgrind, .*\): [\d,]+ off, [\d,]+ on: "
+        r"[-+][\d,]+ \([-+][\d.]+%\)$",
         out,
         re.M,
     ), out
