@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -26,6 +27,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -521,9 +523,10 @@ def debug_overhead(
     path: str,
 ) -> str:
     """Throughput with debug mode off and on, in interleaved pairs (off first, then on first,
-    by turns); the median loss. Also the
-    CPU time per request of the gateway (off, on) and of debug mode's encoder process, which
-    runs on core 1 with wrk and the upstream (``debug.encoder_cpus``)."""
+    by turns); the median loss. Then CPU time per request with both loaded at once (two wrk,
+    the two gateways sharing core 0), so that whatever slows the machine slows both alike: the
+    median of the per-round ratios, and the encoder process's CPU per request (it runs on core
+    1 with wrk and the upstream, ``debug.encoder_cpus``)."""
     ports = {"off": free_port(), "on": free_port()}
     for mode, port in ports.items():
         variant = json.loads(json.dumps(config))
@@ -545,37 +548,47 @@ def debug_overhead(
             ).pid
             for mode in ports
         }
-        for port in ports.values():
-            wait_port(port)
-            wrk(f"http://127.0.0.1:{port}{path}", lua, connections, 1)
+        urls = {mode: f"http://127.0.0.1:{port}{path}" for mode, port in ports.items()}
+        for url in urls.values():
+            wait_port(int(url.split(":")[2].split("/")[0]))
+            wrk(url, lua, connections, 1)
         (encoder,) = children(pids["on"])
         losses, rates = [], []
-        cpu = {"off": [0.0, 0], "on": [0.0, 0], "encoder": [0.0, 0]}
         for pair in range(pairs):
             results = {}
             for mode in ("off", "on") if pair % 2 == 0 else ("on", "off"):  # drift hits both
-                port = ports[mode]
-                before = cpu_seconds(pids[mode]), cpu_seconds(encoder)
-                results[mode] = wrk(f"http://127.0.0.1:{port}{path}", lua, connections, duration)
-                after = cpu_seconds(pids[mode]), cpu_seconds(encoder)
-                cpu[mode][0] += after[0] - before[0]
-                cpu[mode][1] += results[mode].requests
-                if mode == "on":
-                    cpu["encoder"][0] += after[1] - before[1]
-                    cpu["encoder"][1] += results[mode].requests
+                results[mode] = wrk(urls[mode], lua, connections, duration)
             losses.append(1 - results["on"].rps / results["off"].rps)
             rates.append((results["off"].rps, results["on"].rps))
+        ratios, off_us, on_us, encoder_us = [], [], [], []
+        for _ in range(pairs):
+            both: dict[str, Result] = {}
+            before = {name: cpu_seconds(pid) for name, pid in {**pids, "enc": encoder}.items()}
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                for mode, result in zip(
+                    urls,
+                    pool.map(lambda url: wrk(url, lua, connections, duration), urls.values()),
+                    strict=True,
+                ):
+                    both[mode] = result
+            spent = {
+                name: cpu_seconds(pid) - before[name]
+                for name, pid in {**pids, "enc": encoder}.items()
+            }
+            off_us.append(spent["off"] / both["off"].requests * 1e6)
+            on_us.append(spent["on"] / both["on"].requests * 1e6)
+            encoder_us.append(spent["enc"] / both["on"].requests * 1e6)
+            ratios.append(on_us[-1] / off_us[-1] - 1)
     losses.sort()
     median = losses[len(losses) // 2]
     shown = ", ".join(f"{off:.0f}/{on:.0f}" for off, on in rates)
-    per = {name: seconds / max(count, 1) * 1e6 for name, (seconds, count) in cpu.items()}
     return (
         f"debug mode overhead at {connections} connections: {median:+.1%} throughput lost "
         f"(median of {pairs} interleaved off/on pairs, req/s: {shown})\n"
-        f"debug mode CPU per request: gateway {per['off']:.1f} us off, {per['on']:.1f} us on "
-        f"({per['on'] / per['off'] - 1:+.1%}); encoder process {per['encoder']:.1f} us "
-        f"on core 1 (on the gateway's core it would add about "
-        f"{per['encoder'] / per['off']:.1%})"
+        f"debug mode CPU per request, both loaded at once (medians of {pairs}): gateway "
+        f"{statistics.median(off_us):.1f} us off, {statistics.median(on_us):.1f} us on "
+        f"({statistics.median(ratios):+.1%}; rounds: {', '.join(f'{r:+.1%}' for r in ratios)}); "
+        f"encoder process {statistics.median(encoder_us):.1f} us on core 1"
     )
 
 

@@ -70,8 +70,9 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
         re.M,
     ), out
     assert re.search(
-        r"^debug mode CPU per request: gateway [\d.]+ us off, [\d.]+ us on \([-+][\d.]+%\); "
-        r"encoder process [\d.]+ us on core 1",
+        r"^debug mode CPU per request, both loaded at once \(medians of 1\): gateway [\d.]+ us "
+        r"off, [\d.]+ us on \([-+][\d.]+%; rounds: [-+][\d.]+%\); encoder process [\d.]+ us "
+        r"on core 1$",
         out,
         re.M,
     ), out
