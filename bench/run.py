@@ -549,9 +549,9 @@ def debug_overhead(
             for mode in ports
         }
         urls = {mode: f"http://127.0.0.1:{port}{path}" for mode, port in ports.items()}
-        for url in urls.values():
-            wait_port(int(url.split(":")[2].split("/")[0]))
-            wrk(url, lua, connections, 1)
+        for mode, port in ports.items():
+            wait_port(port)
+            wrk(urls[mode], lua, connections, 1)
         (encoder,) = children(pids["on"])
         losses, rates = [], []
         for pair in range(pairs):

@@ -46,24 +46,11 @@ from proxyfleet.debuglog.columns import (
 from proxyfleet.logs import SECRET_KEYS, redact
 
 __all__ = [
-    "CATEGORIES",
     "FRAME",
     "Encoder",
     "main",
-    "rfc3339_ns",
 ]
 
-CATEGORIES = (
-    "session",
-    "requests",
-    "engine_selection",
-    "provisioning",
-    "orchestrator_health",
-    "streams",
-    "stress",
-    "errors",
-    "disconnects",
-)
 #: A frame on the pipe: its length (unsigned 32-bit, little-endian), then its bytes.
 FRAME = struct.Struct("<I")
 
@@ -79,18 +66,9 @@ _SUSPECT = ("earer", "sk-", "ookie", "pi-key", "pi_key")
 
 @functools.lru_cache(maxsize=4)
 def _second_bytes(seconds: int) -> bytes:
-    return _second(seconds).encode()
-
-
-@functools.lru_cache(maxsize=4)
-def _second(seconds: int) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def rfc3339_ns(ns: int) -> str:
-    """UTC, RFC 3339 with nanoseconds (the date part is computed once per second)."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return f"{_second(seconds)}.{rest:09d}Z"
+    """The date-and-time part of a timestamp, computed once per second."""
+    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S").encode()
 
 
 def _clean(value: Any, secret: frozenset[str]) -> Any:

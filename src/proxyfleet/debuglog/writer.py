@@ -34,10 +34,10 @@ from typing import Any
 import orjson
 
 from proxyfleet.debuglog.columns import REQUEST_STRINGS, SELECTION_STRINGS, pack_strings
-from proxyfleet.debuglog.encoder import CATEGORIES, FRAME, rfc3339_ns
+from proxyfleet.debuglog.encoder import FRAME
 from proxyfleet.logs import event
 
-__all__ = ["CATEGORIES", "DebugLog", "rfc3339_ns"]
+__all__ = ["DebugLog"]
 
 _log = logging.getLogger("proxyfleet.debuglog")
 _RESPAWNS = 5  # encoders started after the first died, before the log gives up
@@ -77,8 +77,8 @@ class DebugLog:
         self.strategy = strategy  # the pool's selection strategy, for engine_selection lines
         self._start_ns = time.time_ns()
         self.session_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S")
-        # The same lists for the whole session (the sender takes rows from their front), so
-        # the gateway may keep their bound ``append``.
+        # The same lists for the whole session (the sender takes rows off their front): the
+        # recorder hands them to the gateway once.
         self.request_strings: list[str] = []
         self.request_numbers: list[bytes] = []
         self.selection_strings: list[str] = []
@@ -245,23 +245,19 @@ class DebugLog:
     def _packed(
         self, numbers: list[bytes], strings: list[str], per_row: int, room: int
     ) -> tuple[int, bytes, tuple[str, Any]]:
-        """Rows recorded so far as (count, numbers joined, strings packed); past ``room``, the
-        newest are dropped and counted. A row half appended right now waits for next time."""
+        """Rows recorded so far as (count, numbers joined, strings packed), as :meth:`_rows`
+        takes them. A row half appended right now waits for next time."""
         count = min(len(numbers), len(strings) // per_row)
-        taken = numbers[:count]
-        del numbers[:count]
+        taken = self._rows(numbers, room, count)
         texts = strings[: count * per_row]
-        del strings[: count * per_row]
-        if count > room:
-            self.dropped += count - max(room, 0)
-            count = max(room, 0)
-            del taken[count:], texts[count * per_row :]
-        return count, b"".join(taken), pack_strings(texts)
+        del strings[: count * per_row], texts[len(taken) * per_row :]
+        return len(taken), b"".join(taken), pack_strings(texts)
 
-    def _rows(self, rows: list[Any], room: int) -> list[Any]:
-        """The rows recorded so far, taken off the front of ``rows``; past ``room``, the
-        newest are dropped and counted."""
-        count = len(rows)
+    def _rows(self, rows: list[Any], room: int, count: int | None = None) -> list[Any]:
+        """The first ``count`` rows (all there are by default), taken off the front of
+        ``rows``; past ``room``, the newest are dropped and counted."""
+        if count is None:
+            count = len(rows)
         taken = rows[:count]
         del rows[:count]  # rows appended meanwhile stay for the next time
         if count > room:
