@@ -62,6 +62,7 @@ def test_paths_in_file_are_relative_to_it(tmp_path: Path) -> None:
         ("- a\n- b\n", "", "top level must be a mapping"),
         ("debug: {encoder_cpus: [4096]}\n", "debug.encoder_cpus", "CPU 4096 does not exist"),
         ("debug: {flush_interval: 0}\n", "debug.flush_interval", "greater than 0"),
+        ("debug: {sample_above: -1}\n", "debug.sample_above", "greater than or equal to 0"),
     ],
 )
 def test_bad_file_names_file_field_reason(

@@ -167,3 +167,63 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+async def test_under_load_ordinary_requests_are_sampled_and_the_rest_all_kept(
+    procs: Processes, tmp_path: Path
+) -> None:
+    mock = procs.mock()
+    gateway = procs.gateway(
+        "--upstream",
+        mock.url,
+        "--debug",
+        "--debug-dir",
+        str(tmp_path / "d"),
+        env={
+            "PROXYFLEET_DEBUG__SAMPLE_ABOVE": "20",
+            "PROXYFLEET_DEBUG__FLUSH_INTERVAL": "0.05",
+            "PROXYFLEET_POOL__MAX_CONCURRENCY": "64",
+        },
+    )
+    url = gateway.url + "/chat/completions"
+    ordinary, bad = 1500, 50
+    async with aiohttp.ClientSession() as session:
+        todo = iter(range(ordinary + bad))
+
+        async def worker() -> None:
+            for n in todo:
+                if n % 31 == 30:  # not ordinary: a 400 from the gateway, always recorded
+                    data: bytes = b"{not json"
+                    rid = f"bad-{n}"
+                else:
+                    data, rid = b'{"model": "m", "messages": []}', f"ok-{n}"
+                headers = {"X-Request-ID": rid, "Content-Type": "application/json"}
+                async with session.post(url, data=data, headers=headers) as r:
+                    assert r.status == (400 if rid.startswith("bad") else 200)
+                    await r.read()
+
+        await asyncio.gather(*(worker() for _ in range(16)))
+        await asyncio.sleep(1.5)  # quiet: the rate falls below 20/s, sampling stops
+        async with session.post(url, json={"model": "m"}, headers={"X-Request-ID": "after"}) as r:
+            assert r.status == 200
+    await asyncio.sleep(0.3)
+    gateway.stop()
+    (requests_file,) = (tmp_path / "d").glob("*_requests.jsonl")
+    lines = [json.loads(line) for line in requests_file.read_text().splitlines()]
+    kept = [line for line in lines if str(line["request_id"]).startswith("ok-")]
+    errors = [line for line in lines if str(line["request_id"]).startswith("bad-")]
+    sent_ok = ordinary + bad - len(range(30, ordinary + bad, 31))
+    assert len(errors) == len(range(30, ordinary + bad, 31))  # every one of them
+    assert {line["sample_weight"] for line in errors} == {1}
+    assert len(kept) < sent_ok / 2  # sampled
+    represented = sum(int(line["sample_weight"]) for line in kept)
+    (after,) = [line for line in lines if line["request_id"] == "after"]  # recorded again
+    # The weights stand for the rest exactly: the last few of the burst ride on "after".
+    assert represented + int(after["sample_weight"]) - 1 == sent_ok
+    (session_file,) = (tmp_path / "d").glob("*_session.jsonl")
+    events = [json.loads(line)["event"] for line in session_file.read_text().splitlines()]
+    assert "sampling" in events
+    assert events.index("sampling_stopped") > events.index("sampling")
+    summary = run_cli("debug", "summary", str(tmp_path / "d"))
+    total = represented + len(errors) + int(after["sample_weight"])
+    assert f"stand for {total} requests" in summary.stdout

@@ -1,67 +1,27 @@
-"""How per-request debug rows are laid out, and how their strings cross the pipe.
+"""What a per-request debug row holds, in which order.
 
-A row's numbers are packed where the row is made (one ``struct`` call: a ``bytes`` object,
-which the garbage collector never has to look at) and its strings are appended to a plain
-list beside it. A batch then crosses the pipe as the numbers joined and the strings joined with
-their lengths alongside: a few dozen instructions per value for the gateway, where formatting
-each one would cost hundreds.
+Every request appends one row to a list, as a plain tuple of values it already has (no call,
+no formatting, no packing: a few dozen instructions), and the writer's thread sends a batch of
+rows to the encoder as they are (``marshal`` writes tuples of strings and numbers in C). Times
+are ``time.perf_counter()`` readings; each batch carries an anchor that puts them on the wall
+clock.
 """
 
 from __future__ import annotations
 
-import marshal
-import struct
-from collections.abc import Sequence
-from typing import Any
+__all__ = ["RequestRow", "Selection", "SelectionRow"]
 
-__all__ = [
-    "NO_SELECTION",
-    "REQUEST_HEAD",
-    "REQUEST_NUMBERS",
-    "REQUEST_STRINGS",
-    "SELECTION_NUMBERS",
-    "SELECTION_STRINGS",
-    "pack_strings",
-    "unpack_strings",
-]
+#: A lease: ``perf_counter()`` when granted, seconds waited, requests still waiting then,
+#: backends in the pool then, earlier attempts of the request.
+Selection = tuple[float, float, int, int, int]
 
-#: A request's numbers: status, then ``time.perf_counter()`` when it started, seconds it
-#: took, bytes sent, ``perf_counter()`` of the first byte (0.0 when none went out); then the
-#: lease that served it (:data:`SELECTION_NUMBERS`). Its strings: request id, method, path,
-#: backend id ("" when none).
-REQUEST_NUMBERS = struct.Struct("<qddqdddqqq")
-#: The request's own numbers: :data:`REQUEST_NUMBERS` without the lease's.
-REQUEST_HEAD = struct.Struct("<qddqd")
-REQUEST_STRINGS = 4
-#: A lease's numbers: ``perf_counter()`` when granted, seconds waited, requests still waiting
-#: then, backends in the pool then, earlier attempts of the request. Its strings, when it is a
-#: row of its own: request id, backend id.
-SELECTION_NUMBERS = struct.Struct("<ddqqq")
-SELECTION_STRINGS = 2
-#: The selection part of a request that never got a lease.
-NO_SELECTION = SELECTION_NUMBERS.pack(0.0, 0.0, 0, 0, 0)
+#: A request: request id, method, path, backend id (``None`` when no backend answered),
+#: status, ``perf_counter()`` when it started, seconds it took, bytes sent,
+#: ``perf_counter()`` of the first byte (0.0 when none went out), the lease that served it
+#: (``None`` when it never got one), and how many requests the row stands for (1, or N when
+#: ordinary requests are sampled 1 in N).
+RequestRow = tuple[str, str, str, str | None, int, float, float, int, float, Selection | None, int]
 
-
-def pack_strings(values: Sequence[Any]) -> tuple[str, Any]:
-    """``values`` as one text and their lengths; anything but strings (a ``None``) makes it
-    ``marshal`` instead."""
-    try:
-        return "s", ("".join(values), struct.pack(f"<{len(values)}Q", *map(len, values)))
-    except TypeError:
-        return "m", marshal.dumps(tuple(values))
-
-
-def unpack_strings(count: int, packed: tuple[str, Any]) -> list[Any]:
-    """The ``count`` values :func:`pack_strings` packed."""
-    kind, data = packed
-    if kind == "m":
-        values = list(marshal.loads(data))
-    else:
-        text, lengths = data
-        values, start = [], 0
-        for length in struct.unpack(f"<{len(lengths) // 8}Q", lengths):
-            values.append(text[start : start + length])
-            start += length
-    if len(values) != count:
-        raise ValueError(f"expected {count} strings, found {len(values)}")
-    return values
+#: A lease that is not the one of a request's row (an attempt that failed over, a WebSocket's):
+#: request id, backend id, the lease.
+SelectionRow = tuple[str, str | None, Selection]

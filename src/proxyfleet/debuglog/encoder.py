@@ -1,7 +1,7 @@
 """Debug mode's encoder: the process that turns recorded entries into JSONL files.
 
-The gateway only appends tuples to lists; a thread of its own sends them here in batches over
-a pipe (see :class:`proxyfleet.debuglog.writer.DebugLog`), so the line formatting, the
+The gateway only appends tuples to lists; a timer on its event loop sends them here in batches
+over a pipe (see :class:`proxyfleet.debuglog.writer.DebugLog`), so the line formatting, the
 redaction and the file writes cost the gateway's core nothing. This process runs at a lower
 priority (nice 10), may be pinned to other CPUs (``debug.encoder_cpus``), ignores SIGINT and
 SIGTERM, and stops at the end of its input: when the gateway closes the pipe, or dies,
@@ -13,9 +13,8 @@ Files are ``<session>_<category>.jsonl``, 0600, opened in append mode. Every lin
 
 A batch (a *frame*) is ``marshal`` data: a dict with ``anchor`` (``time.time_ns()`` and
 ``time.perf_counter()`` read together, which turns the rows' perf-counter times into wall
-clock), ``strategy`` (the pool's selection strategy), ``requests`` and ``selections`` (a row
-count, the rows' numbers joined and their strings packed, see
-:mod:`proxyfleet.debuglog.columns`) and ``entries`` (JSON: ``[category, time_ns,
+clock), ``strategy`` (the pool's selection strategy), ``requests`` and ``selections`` (lists
+of rows, see :mod:`proxyfleet.debuglog.columns`) and ``entries`` (JSON: ``[category, time_ns,
 request_id, fields]`` for every other entry).
 """
 
@@ -36,13 +35,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from proxyfleet.debuglog.columns import (
-    REQUEST_NUMBERS,
-    REQUEST_STRINGS,
-    SELECTION_NUMBERS,
-    SELECTION_STRINGS,
-    unpack_strings,
-)
+from proxyfleet.debuglog.columns import RequestRow, Selection, SelectionRow
 from proxyfleet.logs import SECRET_KEYS, redact
 
 __all__ = [
@@ -56,7 +49,8 @@ FRAME = struct.Struct("<I")
 
 _COMMON = b'%s%s.%09dZ","elapsed_seconds":%.6f,"request_id":"%s"'
 _REQUESTS_LINE = _COMMON + (
-    b',"method":%s,"path":%s,"status":%d,"duration_ms":%.3f,"backend":%s,"bytes":%d,"ttfb_ms":%s}'
+    b',"method":%s,"path":%s,"status":%d,"duration_ms":%.3f,"backend":%s,"bytes":%d,"ttfb_ms":%s,'
+    b'"sample_weight":%d}'
 )
 _SELECTION_LINE = _COMMON + (
     b',"strategy":%s,"backend":%s,"wait_ms":%.3f,"queue_depth":%d,"candidates":%d,"attempt":%d}'
@@ -133,37 +127,27 @@ class Encoder:
 
         string, common = self._string, self._common
         strategy = string(frame["strategy"])
+
+        def selection_line(rid: bytes, backend: bytes, lease: Selection) -> bytes:
+            at, wait, depth, candidates, attempt = lease
+            return _SELECTION_LINE % (
+                *common(wall(at)),
+                rid,
+                strategy,
+                backend,
+                wait * 1000,
+                depth,
+                candidates,
+                attempt,
+            )
+
         requests, selections = [], []
-        count, numbers, packed = frame["requests"]
-        strings = unpack_strings(count * REQUEST_STRINGS, packed)
-        for i, (
-            status,
-            started,
-            elapsed,
-            size,
-            first,
-            selected_at,
-            wait,
-            depth,
-            candidates,
-            attempt,
-        ) in enumerate(REQUEST_NUMBERS.iter_unpack(numbers)):
-            rid, method, path, backend = strings[i * REQUEST_STRINGS : (i + 1) * REQUEST_STRINGS]
-            rid_bytes, backend_json = rid.encode(), string(backend or None)
-            if selected_at:
-                selections.append(
-                    _SELECTION_LINE
-                    % (
-                        *common(wall(selected_at)),
-                        rid_bytes,
-                        strategy,
-                        backend_json,
-                        wait * 1000,
-                        depth,
-                        candidates,
-                        attempt,
-                    )
-                )
+        row: RequestRow
+        for row in frame["requests"]:
+            rid, method, path, backend, status, started, elapsed, size, first, lease, weight = row
+            rid_bytes, backend_json = rid.encode(), string(backend)
+            if lease is not None:
+                selections.append(selection_line(rid_bytes, backend_json, lease))
             requests.append(
                 _REQUESTS_LINE
                 % (
@@ -176,27 +160,13 @@ class Encoder:
                     backend_json,
                     size,
                     b"%.3f" % ((first - started) * 1000) if first else b"null",
+                    weight,
                 )
             )
-        count, numbers, packed = frame["selections"]
-        strings = unpack_strings(count * SELECTION_STRINGS, packed)
-        for i, (at, wait, depth, candidates, attempt) in enumerate(
-            SELECTION_NUMBERS.iter_unpack(numbers)
-        ):
-            rid, backend = strings[i * SELECTION_STRINGS : (i + 1) * SELECTION_STRINGS]
-            selections.append(
-                _SELECTION_LINE
-                % (
-                    *common(wall(at)),
-                    rid.encode(),
-                    strategy,
-                    string(backend or None),
-                    wait * 1000,
-                    depth,
-                    candidates,
-                    attempt,
-                )
-            )
+        own: SelectionRow
+        for own in frame["selections"]:
+            rid, backend, lease = own
+            selections.append(selection_line(rid.encode(), string(backend), lease))
         batches: dict[str, list[bytes]] = {}
         if requests:
             batches["requests"] = requests
@@ -208,7 +178,7 @@ class Encoder:
         """A frame that could not be written: its entries count as failed."""
         print(f"proxyfleet debug encoder: a batch was lost: {exc!r}", file=sys.stderr)
         with contextlib.suppress(Exception):
-            self.failed += frame["requests"][0] + frame["selections"][0]  # row counts
+            self.failed += len(frame["requests"]) + len(frame["selections"])
             self.failed += len(orjson.loads(frame["entries"]))
 
     def close(self) -> None:

@@ -85,6 +85,12 @@ def summary(entries: list[Entry], slowest: int = 10) -> str:
     dropped = sum(int(e.data.get("entries_dropped", 0)) for e in entries if e.category == "session")
     out.append(f"  {'(dropped)':20} {dropped}")
     requests = [e for e in entries if e.category == "requests"]
+    represented = sum(int(e.data.get("sample_weight") or 1) for e in requests)
+    if represented > len(requests):
+        out.append(
+            f"  {'(sampled)':20} {len(requests)} request lines stand for {represented} "
+            "requests (ordinary ones sampled under load: sample_weight)"
+        )
     if requests:
         out += ["", f"slowest requests (of {len(requests)}):"]
         for e in sorted(requests, key=lambda e: -float(e.data.get("duration_ms") or 0))[:slowest]:

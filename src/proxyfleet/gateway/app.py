@@ -24,7 +24,6 @@ from typing import Any
 import aiohttp
 
 from proxyfleet.config.model import Config
-from proxyfleet.debuglog.columns import REQUEST_HEAD
 from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.errors import (
     BadRequest,
@@ -68,7 +67,6 @@ from proxyfleet.upstream import Origin, UpstreamClient
 __all__ = ["Gateway", "GatewayState"]
 
 _log = logging.getLogger("proxyfleet.gateway")
-_pack_request = REQUEST_HEAD.pack
 _ROUTES = {
     "/v1/chat/completions": "chat_completions",
     "/v1/responses": "responses",
@@ -413,11 +411,33 @@ class Gateway:
             self._events.ended(rid, sent.end_reason())
         debug = self._debug
         if debug is not None:  # the request's row for debug mode (see debuglog.columns)
-            debug.request_strings.extend((rid, scope["method"], path, sent.backend or ""))
-            debug.request_numbers.append(
-                _pack_request(sent.status or 499, started, elapsed, sent.bytes, sent.first_byte)
-                + sent.selection
-            )
+            weight, record = 1, True
+            if (  # an ordinary request: sampled under extreme load (see DebugRecorder)
+                0 < sent.status < 400
+                and elapsed <= debug.fast
+                and not sent.gone
+                and (sent.selection is None or not sent.selection[4])
+            ):
+                debug.ordinary += 1
+                weight += debug.unrecorded
+                record = weight >= debug.every
+                debug.unrecorded = 0 if record else weight
+            if record:
+                debug.requests.append(
+                    (
+                        rid,
+                        scope["method"],
+                        path,
+                        sent.backend,
+                        sent.status or 499,
+                        started,
+                        elapsed,
+                        sent.bytes,
+                        sent.first_byte,
+                        sent.selection,
+                        weight,
+                    )
+                )
             if elapsed > debug.slow_request or sent.sse or sent.gone:
                 self._debug_request(debug, rid, sent, elapsed)
         if self._access_log:

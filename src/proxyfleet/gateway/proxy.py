@@ -8,13 +8,12 @@ with an SSE ``error`` event the client can parse.
 
 from __future__ import annotations
 
-import builtins
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxyfleet.debuglog.columns import NO_SELECTION, SELECTION_NUMBERS
+from proxyfleet.debuglog.columns import Selection
 from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.errors import GatewayError, NoHealthyBackend, UpstreamError, UpstreamTimeout
 from proxyfleet.gateway.asgi import Scope, Send, sse_error
@@ -28,9 +27,6 @@ from proxyfleet.upstream import Origin, UpstreamClient, UpstreamResponse
 __all__ = ["Forwarder", "Sent", "StreamBroken", "Transform"]
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-_pack_selection = SELECTION_NUMBERS.pack
 
 
 class StreamBroken(Exception):
@@ -49,8 +45,8 @@ class Sent:
     first_byte: float = 0.0  # perf_counter when the response head went out
     broken: str | None = None  # why a started stream ended early: upstream_error / timeout
     gone: bool = False  # the client disconnected
-    # Debug mode only: the lease that served it, packed (SELECTION_NUMBERS in debuglog.columns)
-    selection: builtins.bytes = NO_SELECTION
+    # Debug mode only: the lease that served it (see debuglog.columns)
+    selection: Selection | None = None
 
     def end_reason(self) -> str:
         """Why the response ended: completed, client_disconnected, upstream_error, timeout, or
@@ -133,16 +129,12 @@ class Forwarder:
         if debug is not None:  # the selection, for debug mode (see debuglog.columns)
             pool = self._pool
             waiting = pool.waiting
-            selection = _pack_selection(
-                time.perf_counter(), wait, waiting, len(pool.backends), len(tried)
-            )
+            selection = (time.perf_counter(), wait, waiting, len(pool.backends), len(tried))
             if sent is None:  # not tied to a request's row (a WebSocket's): a row of its own
-                debug.selection_strings.extend((rid, lease.backend.id))
-                debug.selection_numbers.append(selection)
+                debug.selections.append((rid, lease.backend.id, selection))
             else:  # goes out with the request's row; an earlier attempt's gets its own now
-                if sent.selection is not NO_SELECTION:
-                    debug.selection_strings.extend((rid, sent.backend or ""))
-                    debug.selection_numbers.append(sent.selection)
+                if sent.selection is not None:
+                    debug.selections.append((rid, sent.backend, sent.selection))
                 sent.selection = selection
             if wait > debug.slow_selection or waiting >= debug.saturated:
                 debug.pressure(rid, wait, waiting)
