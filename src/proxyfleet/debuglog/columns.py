@@ -1,7 +1,7 @@
 """What a per-request debug row holds, in which order.
 
 Every request appends one row to a list, as a plain tuple of values it already has (no call,
-no formatting, no packing: a few dozen instructions), and the writer's thread sends a batch of
+no formatting, no packing: a few dozen instructions), and the writer's loop timer sends a batch of
 rows to the encoder as they are (``marshal`` writes tuples of strings and numbers in C). Times
 are ``time.perf_counter()`` readings; each batch carries an anchor that puts them on the wall
 clock.
