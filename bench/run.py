@@ -330,7 +330,7 @@ def main() -> int:
     parser.add_argument(
         "--debug-pairs",
         type=int,
-        default=7,
+        default=15,
         help="debug-off/debug-on pairs (fresh gateways loaded at once) for the overhead figures",
     )
     parser.add_argument(
@@ -544,10 +544,11 @@ def debug_overhead(
     whatever slows the machine meanwhile slows both alike: run one after the other, two runs on
     this kind of VM differ by up to 10 %, far more than the 1 % looked for. Their req/s are
     printed too; they compare only roughly, as the scheduler need not split the shared core
-    evenly. Fresh processes every round (off, sampled, full; started in turns), because two
-    identical processes also differ by a percent or two (where their memory lands): the
-    median over pairs takes that out. Also printed: the encoder process's CPU per request; it
-    runs on core 1 with wrk and the upstream (``debug.encoder_cpus``), off the gateway's core.
+    evenly. Fresh processes every round (off, sampled, full; started and loaded in turns, so
+    neither side is always first), because two identical processes also differ by a percent
+    or two (where their memory lands): the median over pairs takes that out. Also printed:
+    the encoder process's CPU per request; it runs on core 1 with wrk and the upstream
+    (``debug.encoder_cpus``), off the gateway's core.
     """
     settings: dict[str, dict[str, Any]] = {
         "off": {"enabled": False},
@@ -594,7 +595,7 @@ def debug_overhead(
             for mode in sorted(losses, reverse=pair % 2 == 1):
                 counted = {"off": pids["off"], mode: pids[mode], "encoder": encoders[mode]}
                 before = {name: cpu_seconds(pid) for name, pid in counted.items()}
-                results = load(("off", mode), duration)
+                results = load(("off", mode) if pair % 2 == 0 else (mode, "off"), duration)
                 spent = {name: cpu_seconds(pid) - before[name] for name, pid in counted.items()}
                 per_second = {m: results[m].requests / spent[m] for m in ("off", mode)}
                 losses[mode].append(1 - per_second[mode] / per_second["off"])

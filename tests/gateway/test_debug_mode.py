@@ -227,3 +227,49 @@ async def test_under_load_ordinary_requests_are_sampled_and_the_rest_all_kept(
     summary = run_cli("debug", "summary", str(tmp_path / "d"))
     total = represented + len(errors) + int(after["sample_weight"])
     assert f"stand for {total} requests" in summary.stdout
+
+
+async def test_a_burst_after_a_quiet_spell_is_sampled_from_its_first_rows(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """Quiet, the flush timer backs off to a second; a burst must not wait for it to start
+    sampling (its rows make the gateway resample at once)."""
+    mock = procs.mock()
+    gateway = procs.gateway(
+        "--upstream",
+        mock.url,
+        "--debug",
+        "--debug-dir",
+        str(tmp_path / "d"),
+        env={"PROXYFLEET_DEBUG__SAMPLE_ABOVE": "20", "PROXYFLEET_POOL__MAX_CONCURRENCY": "64"},
+    )
+    url = gateway.url + "/chat/completions"
+    await asyncio.sleep(2.5)  # quiet: the timer is at a second between flushes by now
+    burst = 600
+    async with aiohttp.ClientSession() as session:
+        todo = iter(range(burst))
+
+        async def worker() -> None:
+            for _ in todo:
+                async with session.post(url, json={"model": "m", "messages": []}) as r:
+                    assert r.status == 200
+                    await r.read()
+
+        began = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(16)))
+        took = time.monotonic() - began
+    await asyncio.sleep(0.3)
+    gateway.stop()
+    (requests_file,) = (tmp_path / "d").glob("*_requests.jsonl")
+    lines = [json.loads(line) for line in requests_file.read_text().splitlines()]
+    (session_file,) = (tmp_path / "d").glob("*_session.jsonl")
+    (end,) = [
+        entry
+        for entry in map(json.loads, session_file.read_text().splitlines())
+        if entry["event"] == "session_end"
+    ]
+    unrecorded = int(end["requests_unrecorded"])  # the last few: no row came after them
+    assert sum(int(line["sample_weight"]) for line in lines) + unrecorded == burst
+    # Without the burst check every request until the next flush (up to a second) keeps a row.
+    # At 20/s the burst itself keeps about 20 * took of them, plus the first few.
+    assert len(lines) < 40 + 20 * took * 2, (len(lines), took)

@@ -259,10 +259,11 @@ class DebugConfig(_Model):
     provisioning_failures_per_window: int = Field(default=5, ge=0)
     queue_saturation: float = Field(default=0.8, gt=0, le=1)
     stress_window: float = Field(default=60.0, gt=0)
-    flush_interval: float = Field(default=0.2, gt=0, le=60)
-    # Ordinary requests (successful, quick, first attempt) per second above which only a
-    # share of them get rows; 0 records every one. See "Debug a slow night" in the README.
-    sample_above: float = Field(default=500.0, ge=0)
+    flush_interval: float = Field(default=0.5, gt=0, le=60)
+    # Requests per second above which only a share of the ordinary ones (successful, quick,
+    # first attempt) get rows, about this many a second; 0 records every one. See "Debug a
+    # slow night" in the README.
+    sample_above: float = Field(default=100.0, ge=0)
     encoder_cpus: tuple[int, ...] = ()
 
     @field_validator("encoder_cpus")

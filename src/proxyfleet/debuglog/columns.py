@@ -1,18 +1,22 @@
 """What a per-request debug row holds, in which order.
 
-Every request appends one row to a list, as a plain tuple of values it already has (no call,
-no formatting, no packing: a few dozen instructions), and the writer's loop timer sends a batch of
-rows to the encoder as they are (``marshal`` writes tuples of strings and numbers in C). Times
-are ``time.perf_counter()`` readings; each batch carries an anchor that puts them on the wall
-clock.
+A recorded request appends one row to a list, as a plain tuple of values it already has (no
+formatting, no packing), and the writer's loop timer sends a batch of rows to the encoder as
+they are (``marshal`` writes tuples of strings and numbers in C). Under load most ordinary
+requests get no row at all (see :class:`~proxyfleet.debuglog.recorder.DebugRecorder`), and a
+lease granted at once on a request's first attempt records nothing when it is granted: its
+selection is rebuilt for the row, at the request's start (its body was read just before).
+Times are ``time.perf_counter()`` readings; each batch carries an anchor that puts them on the
+wall clock.
 """
 
 from __future__ import annotations
 
 __all__ = ["RequestRow", "Selection", "SelectionRow"]
 
-#: A lease: ``perf_counter()`` when granted, seconds waited, requests still waiting then,
-#: backends in the pool then, earlier attempts of the request.
+#: A lease: ``perf_counter()`` when granted (for one granted at once on the first attempt,
+#: when its request started), seconds waited, requests still waiting then, backends in the pool
+#: then, earlier attempts of the request.
 Selection = tuple[float, float, int, int, int]
 
 #: A request: request id, method, path, backend id (``None`` when no backend answered),

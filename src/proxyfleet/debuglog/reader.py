@@ -85,11 +85,14 @@ def summary(entries: list[Entry], slowest: int = 10) -> str:
     dropped = sum(int(e.data.get("entries_dropped", 0)) for e in entries if e.category == "session")
     out.append(f"  {'(dropped)':20} {dropped}")
     requests = [e for e in entries if e.category == "requests"]
-    represented = sum(int(e.data.get("sample_weight") or 1) for e in requests)
+    represented = sum(int(e.data.get("sample_weight") or 1) for e in requests) + sum(
+        int(e.data.get("requests_unrecorded") or 0) for e in entries if e.category == "session"
+    )
     if represented > len(requests):
         out.append(
             f"  {'(sampled)':20} {len(requests)} request lines stand for {represented} "
-            "requests (ordinary ones sampled under load: sample_weight)"
+            "requests (ordinary ones sampled under load: sample_weight, and the last few in "
+            "session_end's requests_unrecorded)"
         )
     if requests:
         out += ["", f"slowest requests (of {len(requests)}):"]

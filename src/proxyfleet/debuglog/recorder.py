@@ -16,8 +16,6 @@ from proxyfleet.debuglog.writer import DebugLog
 
 __all__ = ["DebugRecorder"]
 
-_SMOOTHING = 0.1  # seconds: the time constant of the smoothed rate of ordinary requests
-
 
 class DebugRecorder:
     """One method per thing worth recording, except for what every request records: its
@@ -30,15 +28,14 @@ class DebugRecorder:
 
     Sampling, for extreme load: an *ordinary* request (status below 400, done within
     :attr:`fast` seconds, served by its first attempt, client still there) counts itself in
-    :attr:`ordinary` and in :attr:`unrecorded`, and gets a row only once :attr:`unrecorded`
-    reaches :attr:`every`; the row stands for that many requests (its weight) and the count
-    starts again, so the weights add up to the ordinary requests exactly. Every other request
-    always gets its row, of weight 1.
-    :attr:`every` follows the rate of ordinary requests (``debug.sample_above`` per second
-    are kept), recomputed at each flush; it is 1, every request recorded, below that rate
-    and when ``sample_above`` is 0. Rows held in memory and sent across are what debug mode
-    costs the gateway's core beyond a few dozen instructions, so this is what keeps it
-    under 1 % at tens of thousands of requests per second."""
+    :attr:`unrecorded`, and gets a row only once that count reaches :attr:`every`; the row
+    stands for that many requests (its weight) and the count starts again, so the weights add
+    up to the ordinary requests exactly. Every other request always gets its row, of weight 1.
+    :attr:`every` follows the rate of requests (``debug.sample_above`` per second are kept),
+    recomputed at each flush from the weights of the rows and the count; it is 1, every
+    request recorded, below that rate and when ``sample_above`` is 0. What a request costs
+    in debug mode is the code it runs on the gateway's core, so an unrecorded one runs a
+    counter and a few comparisons: no row, no tuple, no call."""
 
     def __init__(self, config: DebugConfig, queue_limit: int, strategy: str) -> None:
         self.log = DebugLog(
@@ -62,13 +59,15 @@ class DebugRecorder:
         )
         self.requests = self.log.requests
         self.selections = self.log.selections
-        self.ordinary = 0  # ordinary requests seen (see the class docstring)
         self.every = 1  # 1 in `every` ordinary requests gets a row
         self.unrecorded = 0  # ordinary requests since the last one that got a row
         self.fast = min(config.slow_request, config.slow_selection)
         self._sample_above = config.sample_above
-        self._counted = 0  # `ordinary` at the last resample
-        self._rate = 0.0  # ordinary requests per second, smoothed (_SMOOTHING)
+        self._unrecorded = 0  # `unrecorded` at the last resample
+        self._resampled = time.perf_counter()  # when
+        # rows that make the gateway resample at once, not at the next flush: twice what a
+        # flush interval holds at the sampled rate
+        self.burst = 2 * config.sample_above * config.flush_interval or math.inf
         self._announced = 1  # the `every` the session file last announced
         self.slow_request = config.slow_request
         self.slow_selection = config.slow_selection
@@ -79,18 +78,28 @@ class DebugRecorder:
         self.log.start(**fields)
 
     def stop(self, **fields: Any) -> None:
-        self.log.stop(**fields)
+        """Flush and end the session; its last line counts the ordinary requests since the
+        last row (no row's weight stands for them)."""
+        self.log.stop(requests_unrecorded=self.unrecorded, **fields)
 
-    def _resample(self, seconds: float) -> None:
-        """At each flush: :attr:`every` from the rate of ordinary requests since the last one.
-        Its changes go to the ``session`` file when sampling starts or stops, or the share
-        kept changes twofold."""
-        count = self.ordinary
-        if seconds > 0:
-            weight = 1 - math.exp(-seconds / _SMOOTHING)
-            self._rate += ((count - self._counted) / seconds - self._rate) * weight
-        self._counted = count
-        every = max(1, math.ceil(self._rate / self._sample_above - 1e-9))
+    def resample(self) -> None:
+        """Now rather than at the next flush: a burst came in, every request of it with a row."""
+        self.log.flush_now()
+
+    def _resample(self) -> None:
+        """At each flush, before the rows go: :attr:`every` from the rate of requests since
+        the last one (the rows' weights, and the change in the ordinary ones not recorded); for
+        a burst of rows that all stand for themselves, since the first of them ended (the flush
+        before may be a quiet second ago). Its changes go to the ``session`` file when sampling
+        starts or stops, or the share kept changes twofold."""
+        now, rows, unrecorded = time.perf_counter(), self.requests, self.unrecorded
+        count = sum(row[10] for row in rows) + unrecorded - self._unrecorded
+        since = self._resampled
+        if self.every == 1 and count >= self.burst:
+            since = max(since, rows[0][5] + rows[0][6])
+        self._unrecorded, self._resampled = unrecorded, now
+        rate = count / (now - since) if now > since else 0.0
+        every = max(1, math.ceil(rate / self._sample_above - 1e-9))
         self.every = every
         last = self._announced
         if every != last and (every == 1 or last == 1 or not 0.5 < every / last < 2):
@@ -99,7 +108,7 @@ class DebugRecorder:
                 "session",
                 event="sampling" if every > 1 else "sampling_stopped",
                 every=every,
-                ordinary_per_second=round(self._rate, 1),
+                requests_per_second=round(rate, 1),
                 sample_above=self._sample_above,
             )
 

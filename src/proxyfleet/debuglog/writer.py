@@ -75,13 +75,13 @@ class DebugLog:
         *,
         queue_limit: int = 10_000,
         secret_fields: Iterable[str] = (),
-        flush_interval: float = 0.2,
+        flush_interval: float = 0.5,
         encoder_cpus: Iterable[int] = (),
         strategy: str = "",
-        on_flush: Callable[[float], None] | None = None,
+        on_flush: Callable[[], None] | None = None,
     ) -> None:
         self.directory = directory
-        self._on_flush = on_flush  # called before each flush with the seconds since the last
+        self._on_flush = on_flush  # called before each flush
         self.strategy = strategy  # the pool's selection strategy, for engine_selection lines
         self._start_ns = time.time_ns()
         self.session_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S")
@@ -99,7 +99,6 @@ class DebugLog:
         self._cpus = frozenset(encoder_cpus)
         self._interval = flush_interval
         self._delay = flush_interval  # until the next flush: longer while nothing comes in
-        self._flushed = 0.0  # time.monotonic() of the last flush
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._encoder: subprocess.Popen[bytes] | None = None
@@ -113,7 +112,6 @@ class DebugLog:
         with contextlib.suppress(OSError):
             os.chmod(self.directory, 0o700)
         self._encoder = self._spawn()
-        self._flushed = time.monotonic()
         self._timer = self._loop.call_later(self._interval, self._tick)
         self.log("session", event="session_start", **fields)
 
@@ -198,15 +196,19 @@ class DebugLog:
                 )
         return encoder
 
+    def flush_now(self) -> None:
+        """Flush at once rather than at the next tick (a burst of rows came in)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._tick()
+
     def _tick(self) -> None:
         """Send what was recorded since the last time; again after ``flush_interval`` while
         entries come in, backing off to once a second while none do."""
         if self._timer is None or self._loop is None:
             return  # stopped
         if self._on_flush is not None:
-            now = time.monotonic()
-            self._on_flush(now - self._flushed)
-            self._flushed = now
+            self._on_flush()
         if self._take() or self._pending:
             self._delay = self._interval
         else:

@@ -329,10 +329,9 @@ class Gateway:
             raise Unauthorized("invalid API key")
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        started = time.perf_counter()
+        sent = Sent(started=time.perf_counter())
         rid = request_id(_header(scope, b"x-request-id"))
         route = _ROUTES.get(path, "passthrough")
-        sent = Sent()
         counted = False
         try:
             self.authorize(scope)
@@ -367,7 +366,7 @@ class Gateway:
         finally:
             if counted:
                 self._active -= 1
-            self._record(scope, path, route, rid, sent, started)
+            self._record(scope, path, route, rid, sent)
 
     async def _serve(
         self,
@@ -402,44 +401,29 @@ class Gateway:
         shape = ResponseShape.of(data, f"resp_{rid}", int(time.time()))
         return "/chat/completions", dumps(chat.body), ChatToResponses(shape, chat.stream)
 
-    def _record(
-        self, scope: Scope, path: str, route: str, rid: str, sent: Sent, started: float
-    ) -> None:
-        elapsed = time.perf_counter() - started
+    def _record(self, scope: Scope, path: str, route: str, rid: str, sent: Sent) -> None:
+        elapsed = time.perf_counter() - sent.started
         self.metrics.observe(route, sent.status or 499, elapsed)
         if self._events is not None:
             self._events.ended(rid, sent.end_reason())
         debug = self._debug
         if debug is not None:  # the request's row for debug mode (see debuglog.columns)
-            weight, record = 1, True
             if (  # an ordinary request: sampled under extreme load (see DebugRecorder)
                 0 < sent.status < 400
                 and elapsed <= debug.fast
                 and not sent.gone
                 and (sent.selection is None or not sent.selection[4])
             ):
-                debug.ordinary += 1
-                weight += debug.unrecorded
-                record = weight >= debug.every
-                debug.unrecorded = 0 if record else weight
-            if record:
-                debug.requests.append(
-                    (
-                        rid,
-                        scope["method"],
-                        path,
-                        sent.backend,
-                        sent.status or 499,
-                        started,
-                        elapsed,
-                        sent.bytes,
-                        sent.first_byte,
-                        sent.selection,
-                        weight,
-                    )
-                )
-            if elapsed > debug.slow_request or sent.sse or sent.gone:
-                self._debug_request(debug, rid, sent, elapsed)
+                weight = debug.unrecorded + 1
+                if weight < debug.every:  # not recorded: all it costs is this count
+                    debug.unrecorded = weight
+                    if sent.sse:
+                        self._debug_request(debug, rid, sent, elapsed)
+                else:
+                    debug.unrecorded = 0
+                    self._debug_row(debug, scope, path, rid, sent, elapsed, weight)
+            else:
+                self._debug_row(debug, scope, path, rid, sent, elapsed, 1)
         if self._access_log:
             event(
                 _log,
@@ -452,6 +436,38 @@ class Gateway:
                 bytes=sent.bytes,
                 duration_ms=round(elapsed * 1000, 2),
             )
+
+    def _debug_row(
+        self,
+        debug: DebugRecorder,
+        scope: Scope,
+        path: str,
+        rid: str,
+        sent: Sent,
+        elapsed: float,
+        weight: int,
+    ) -> None:
+        """The request's row (standing for ``weight`` requests), and whatever else it records."""
+        rows = debug.requests
+        rows.append(
+            (
+                rid,
+                scope["method"],
+                path,
+                sent.backend,
+                sent.status or 499,
+                sent.started,
+                elapsed,
+                sent.bytes,
+                sent.first_byte,
+                sent.lease(len(self.pool.backends)),
+                weight,
+            )
+        )
+        if len(rows) >= debug.burst:  # a burst: sampling may have to start now
+            debug.resample()
+        if elapsed > debug.slow_request or sent.sse or sent.gone:
+            self._debug_request(debug, rid, sent, elapsed)
 
     @staticmethod
     def _debug_request(debug: DebugRecorder, rid: str, sent: Sent, elapsed: float) -> None:

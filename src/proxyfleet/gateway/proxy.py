@@ -37,6 +37,7 @@ class StreamBroken(Exception):
 class Sent:
     """What went to the client, for logs and metrics."""
 
+    started: float = 0.0  # perf_counter when the request came in
     status: int = 0
     backend: str | None = None
     bytes: int = 0
@@ -45,8 +46,17 @@ class Sent:
     first_byte: float = 0.0  # perf_counter when the response head went out
     broken: str | None = None  # why a started stream ended early: upstream_error / timeout
     gone: bool = False  # the client disconnected
-    # Debug mode only: the lease that served it (see debuglog.columns)
+    # Debug mode only (see debuglog.columns): the lease that served it, when that lease waited
+    # or was not the first attempt
     selection: Selection | None = None
+
+    def lease(self, candidates: int) -> Selection | None:
+        """The selection of the lease that served it, for its debug row. A first attempt
+        granted at once kept nothing (that is most requests, so it costs nothing): no wait, no
+        queue, ``candidates`` backends, at the request's start (its body read just before)."""
+        if self.selection is not None:
+            return self.selection
+        return None if self.backend is None else (self.started, 0.0, 0, candidates, 0)
 
     def end_reason(self) -> str:
         """Why the response ended: completed, client_disconnected, upstream_error, timeout, or
@@ -126,19 +136,27 @@ class Forwarder:
         wait = lease.wait_seconds
         self._metrics.lease_wait.observe(wait)
         debug = self._debug
-        if debug is not None:  # the selection, for debug mode (see debuglog.columns)
-            pool = self._pool
-            waiting = pool.waiting
-            selection = (time.perf_counter(), wait, waiting, len(pool.backends), len(tried))
-            if sent is None:  # not tied to a request's row (a WebSocket's): a row of its own
-                debug.selections.append((rid, lease.backend.id, selection))
-            else:  # goes out with the request's row; an earlier attempt's gets its own now
-                if sent.selection is not None:
-                    debug.selections.append((rid, sent.backend, sent.selection))
-                sent.selection = selection
-            if wait > debug.slow_selection or waiting >= debug.saturated:
-                debug.pressure(rid, wait, waiting)
+        if debug is not None and (wait or tried or sent is None):  # see Sent.lease
+            self._selection(debug, rid, lease, tried, sent)
         return lease
+
+    def _selection(
+        self, debug: DebugRecorder, rid: str, lease: Lease, tried: list[str], sent: Sent | None
+    ) -> None:
+        """A lease that waited, failed over or serves no request row (a WebSocket's), for debug
+        mode: the whole selection now, and a stress check on the wait and the queue."""
+        pool = self._pool
+        wait, waiting, candidates = lease.wait_seconds, pool.waiting, len(pool.backends)
+        selection = (time.perf_counter(), wait, waiting, candidates, len(tried))
+        if sent is None:  # not tied to a request's row: a row of its own
+            debug.selections.append((rid, lease.backend.id, selection))
+        else:  # goes out with the request's row; an earlier attempt's gets its own now
+            earlier = sent.lease(candidates)
+            if earlier is not None:
+                debug.selections.append((rid, sent.backend, earlier))
+            sent.selection = selection
+        if wait > debug.slow_selection or waiting >= debug.saturated:
+            debug.pressure(rid, wait, waiting)
 
     async def forward(
         self,
