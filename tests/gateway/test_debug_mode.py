@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import Processes, run_cli, write_keys
+from tests.conftest import Proc, Processes, run_cli, write_keys
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 SECRET = "sk-debug-secret-ZZZZ9999"
@@ -169,22 +169,28 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def test_under_load_ordinary_requests_are_sampled_and_the_rest_all_kept(
-    procs: Processes, tmp_path: Path
-) -> None:
+def _sampling_gateway(procs: Processes, directory: Path, env: dict[str, str] | None = None) -> Proc:
+    """A gateway in debug mode, writing to ``directory``, that samples above 20 requests a
+    second (a rate a test reaches easily)."""
     mock = procs.mock()
-    gateway = procs.gateway(
+    return procs.gateway(
         "--upstream",
         mock.url,
         "--debug",
         "--debug-dir",
-        str(tmp_path / "d"),
+        str(directory),
         env={
             "PROXYFLEET_DEBUG__SAMPLE_ABOVE": "20",
-            "PROXYFLEET_DEBUG__FLUSH_INTERVAL": "0.05",
             "PROXYFLEET_POOL__MAX_CONCURRENCY": "64",
+            **(env or {}),
         },
     )
+
+
+async def test_under_load_ordinary_requests_are_sampled_and_the_rest_all_kept(
+    procs: Processes, tmp_path: Path
+) -> None:
+    gateway = _sampling_gateway(procs, tmp_path / "d", {"PROXYFLEET_DEBUG__FLUSH_INTERVAL": "0.05"})
     url = gateway.url + "/chat/completions"
     ordinary, bad = 1500, 50
     async with aiohttp.ClientSession() as session:
@@ -234,15 +240,7 @@ async def test_a_burst_after_a_quiet_spell_is_sampled_from_its_first_rows(
 ) -> None:
     """Quiet, the flush timer backs off to a second; a burst must not wait for it to start
     sampling (its rows make the gateway resample at once)."""
-    mock = procs.mock()
-    gateway = procs.gateway(
-        "--upstream",
-        mock.url,
-        "--debug",
-        "--debug-dir",
-        str(tmp_path / "d"),
-        env={"PROXYFLEET_DEBUG__SAMPLE_ABOVE": "20", "PROXYFLEET_POOL__MAX_CONCURRENCY": "64"},
-    )
+    gateway = _sampling_gateway(procs, tmp_path / "d")
     url = gateway.url + "/chat/completions"
     await asyncio.sleep(2.5)  # quiet: the timer is at a second between flushes by now
     burst = 600
