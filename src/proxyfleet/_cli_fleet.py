@@ -148,11 +148,10 @@ def _fleet(args: argparse.Namespace) -> Fleet:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from proxyfleet.gateway.app import load_keys
+    from proxyfleet.gateway.server import check_serving
 
     config, _ = load_from(args)  # a bad config fails here, with exit code 2, before anything starts
-    if config.server.auth_keys_file is not None:
-        load_keys(config.server.auth_keys_file)
+    check_serving(config)
     path = str(args.config.resolve()) if args.config else None
     return _fleet(args).start(
         config.server.port, config.server.host, serve_flags(args), path, args.wait

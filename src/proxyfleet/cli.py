@@ -194,19 +194,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from proxyfleet.fleet.lifecycle import InstanceSpec
+    """As uvicorn's main does: the instance's lock and pid record are held here, around the
+    listening socket, and the gateway serves on that socket."""
+    import contextlib
+
+    from proxyfleet._net import bind, raise_fd_limit
+    from proxyfleet.fleet.lifecycle import InstanceSpec, hold_instance_lock, instance_record
     from proxyfleet.fleet.records import InstanceFiles
-    from proxyfleet.gateway.server import run_gateway
+    from proxyfleet.gateway.server import check_serving, run_gateway
     from proxyfleet.logs import configure_logging
 
     config, backends = load_from(args)
     configure_logging(config.log.level, config.log.format)
-    instance = None
-    if args.instance_dir is not None:
-        files = InstanceFiles(args.instance_dir, config.server.port)
-        path = str(args.config.resolve()) if args.config else None
-        instance = InstanceSpec(files, path, tuple(serve_flags(args)))
-    return run_gateway(config, backends, instance)
+    check_serving(config)
+    raise_fd_limit()
+    host, port = config.server.host, config.server.port
+    with contextlib.ExitStack() as stack:
+        instance = None
+        if args.instance_dir is not None:
+            files = InstanceFiles(args.instance_dir, port)
+            path = str(args.config.resolve()) if args.config else None
+            instance = InstanceSpec(files, path, tuple(serve_flags(args)))
+            stack.enter_context(hold_instance_lock(files))
+        sock = bind(host, port)
+        if instance is not None:
+            stack.enter_context(instance_record(instance, host))
+        return run_gateway(config, backends, sock)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -226,7 +239,7 @@ def _config(args: argparse.Namespace) -> int:
 def _mock(args: argparse.Namespace) -> int:
     import uvloop
 
-    from proxyfleet.gateway.server import bind
+    from proxyfleet._net import bind
     from proxyfleet.mock.runner import serve_mock
     from proxyfleet.mock.server import MockSettings
 
@@ -250,8 +263,8 @@ def _mock(args: argparse.Namespace) -> int:
 def _mock_orchestrator(args: argparse.Namespace) -> int:
     import uvloop
 
+    from proxyfleet._net import bind
     from proxyfleet.debuglog.writer import DebugLog
-    from proxyfleet.gateway.server import bind
     from proxyfleet.mock.orchestrator import (
         Faults,
         OrchestratorMock,

@@ -18,12 +18,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from proxyfleet._net import bind
 from proxyfleet.config.model import Config, PoolConfig, ServerConfig
 from proxyfleet.gateway.app import Gateway
-from proxyfleet.gateway.server import GatewayServer, bind, uvicorn_config
+from proxyfleet.gateway.server import GatewayServer, uvicorn_config
 from proxyfleet.mock.runner import running_mock
 from proxyfleet.mock.server import MockSettings, credential_label
-from proxyfleet.pool import BackendSpec
+from proxyfleet.pool import BackendSpec, BackendStatus
 
 __all__ = ["run_demo"]
 
@@ -36,11 +37,13 @@ _STYLE = {
 }
 
 
-def _view(gateway: Gateway, done: int, total: int, started: float) -> Group:
+def _view(
+    gateway: Gateway, statuses: list[BackendStatus], done: int, total: int, started: float
+) -> Group:
     table = Table(title="proxyfleet pool (single-flight, lru)", expand=False)
     for column in ("backend", "state", "serving request", "served", "failures"):
         table.add_column(column)
-    for status in gateway.pool.snapshot():
+    for status in statuses:
         table.add_row(
             status.id,
             Text(status.state, style=_STYLE.get(status.state, "")),
@@ -81,14 +84,14 @@ async def _burst(gateway: Gateway, url: str, total: int, console: Console) -> li
     async with aiohttp.ClientSession() as session:
         tasks = [asyncio.ensure_future(counted(session, n)) for n in range(total)]
         with Live(
-            _view(gateway, done, total, started),
+            _view(gateway, await gateway.pool.snapshot(), done, total, started),
             console=console,
             refresh_per_second=12,
             transient=False,
         ) as live:
             while not all(t.done() for t in tasks):
                 await asyncio.sleep(0.08)
-                live.update(_view(gateway, done, total, started))
+                live.update(_view(gateway, await gateway.pool.snapshot(), done, total, started))
         return [t.result() for t in tasks]
 
 
@@ -104,6 +107,7 @@ async def _run(port: int, accounts: int, burst: int, serve: bool, console: Conso
         ]
         config = Config(server=ServerConfig(port=port), pool=PoolConfig(lease_timeout=120))
         sock = bind("127.0.0.1", port, "demo gateway")
+        port = sock.getsockname()[1]  # --port 0: the one the system chose
         gateway = Gateway(config, backends)
         server = GatewayServer(uvicorn_config(gateway, config), gateway.begin_drain)
         serving = asyncio.ensure_future(server.serve(sockets=[sock]))

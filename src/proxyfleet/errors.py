@@ -25,12 +25,17 @@
         │   ├── ProvisioningBlocked      the orchestrator says it cannot provision now
         │   └── ProvisioningFailed       provisioning failed (or its circuit breaker is open)
         └── UpstreamError                502 the upstream failed (connect, timeout, 5xx)
-            ├── UpstreamTimeout          504
+            ├── UpstreamTimeout          504 no answer, or silent too long mid-answer
+            ├── UpstreamClosed           the upstream closed the connection mid-answer
+            ├── UpstreamProtocolError    the upstream's answer is not valid HTTP/1.1
+            ├── UpstreamRefused          the upstream refused a WebSocket (its HTTP status)
             └── SpawnFailed              502 an MCP server command could not be started
 
 Foreign errors (aiohttp, OSError, pydantic, yaml) are translated where they enter our code,
-with ``raise … from exc``. Each ``GatewayError`` knows its HTTP status, its OpenAI error type and
-code, and optionally a ``Retry-After`` in seconds.
+with ``raise … from exc``: a transport (:mod:`proxyfleet.transports`) raises only
+``UpstreamError`` and its subclasses, so the gateway catches only our errors. Each
+``GatewayError`` knows its HTTP status, its OpenAI error type and code, and optionally a
+``Retry-After`` in seconds.
 """
 
 from __future__ import annotations
@@ -58,8 +63,11 @@ __all__ = [
     "SpawnFailed",
     "StateError",
     "Unauthorized",
+    "UpstreamClosed",
     "UpstreamError",
     "UpstreamGone",
+    "UpstreamProtocolError",
+    "UpstreamRefused",
     "UpstreamTimeout",
 ]
 
@@ -218,6 +226,22 @@ class UpstreamError(GatewayError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamClosed(UpstreamError):
+    """The upstream closed the connection before its answer was complete."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream sent something that is not HTTP/1.1."""
+
+
+class UpstreamRefused(UpstreamError):
+    """The upstream answered a WebSocket handshake with ``upstream_status`` instead of 101."""
+
+    def __init__(self, message: str, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
 
 
 class SpawnFailed(UpstreamError):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from proxyfleet.config import load_config, resolve_backends
-from proxyfleet.config.credentials import cookie_header
 from proxyfleet.errors import ConfigError
+from proxyfleet.pool.backend import cookie_header
 
 UPSTREAM = "https://chat.example.com/api/v1"
 
@@ -40,16 +40,13 @@ def test_three_kinds_of_file(tmp_path: Path) -> None:
     (tmp_path / ".hidden").write_text("ignored")
     a, b, c = _backends(tmp_path)
     assert (a.id, a.base_url, a.headers) == ("a", UPSTREAM, (("Authorization", "Bearer sk-alpha"),))
-    assert b.headers == (("Cookie", "sid=s1; api=s2"),)
+    assert b.headers == ()  # a storage state keeps its cookies: the transport picks them
+    assert cookie_header(b.cookies, b.base_url, 1000.0)[0] == "sid=s1; api=s2"
+    assert "s1" not in repr(b)
+    assert b.describe()["credential_headers"] == ["cookie"]
     assert (c.base_url, c.headers) == ("http://127.0.0.1:9/v1", (("X-Token", "t"),))
     assert "sk-alpha" not in repr(a)
     assert "sk-alpha" not in json.dumps(a.describe())
-
-
-def test_secure_cookies_only_over_https() -> None:
-    cookies = [{"name": "s", "value": "v", "domain": "h", "path": "/", "secure": True}]
-    assert cookie_header(cookies, "https://h/v1", 0) == "s=v"
-    assert cookie_header(cookies, "http://h/v1", 0) == ""
 
 
 @pytest.mark.parametrize(

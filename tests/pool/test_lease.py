@@ -25,7 +25,7 @@ async def test_release_is_idempotent_and_lru_rotates() -> None:
             await lease.release()  # a second release changes nothing
             assert lease.released
         assert seen == ["b0", "b1", "b2", "b0", "b1", "b2"]
-        assert all(s.inflight == 0 and s.leases_served == 2 for s in pool.snapshot())
+        assert all(s.inflight == 0 and s.leases_served == 2 for s in await pool.snapshot())
 
 
 async def test_waiters_are_served_first_in_first_out() -> None:
@@ -69,8 +69,8 @@ async def test_failures_quarantine_and_no_healthy_backend() -> None:
         for _ in range(2):
             async with pool.lease("r") as lease:
                 lease.fail()
-        assert pool.snapshot()[0].state == "unhealthy"
-        assert not pool.ready()
+        assert (await pool.snapshot())[0].state == "unhealthy"
+        assert not await pool.ready()
         with pytest.raises(NoHealthyBackend) as info:
             await pool.acquire("r")
         assert 59 <= (info.value.retry_after or 0) <= 60
@@ -81,10 +81,10 @@ async def test_exception_inside_lease_is_neutral() -> None:
         with pytest.raises(RuntimeError):
             async with pool.lease("r"):
                 raise RuntimeError("client went away")
-        assert pool.snapshot()[0].state == "idle"
+        assert (await pool.snapshot())[0].state == "idle"
         lease = await pool.acquire("r")
         await lease.release(Outcome.FAILURE)
-        assert pool.snapshot()[0].state == "unhealthy"
+        assert (await pool.snapshot())[0].state == "unhealthy"
 
 
 async def test_forgotten_lease_warns_and_is_returned() -> None:
@@ -93,7 +93,7 @@ async def test_forgotten_lease_warns_and_is_returned() -> None:
         with pytest.warns(ResourceWarning, match="never released"):
             del lease  # CPython finalises at once: the lease warns and is given back
         await asyncio.sleep(0.01)
-        assert pool.snapshot()[0].inflight == 0
+        assert (await pool.snapshot())[0].inflight == 0
 
 
 async def test_pool_must_be_opened() -> None:

@@ -18,7 +18,7 @@ async def test_an_empty_elastic_pool_opens_and_refuses_without_a_grower() -> Non
     with pytest.raises(ValueError, match="at least one backend"):
         Pool([])
     async with Pool([], elastic=True) as pool:
-        assert not pool.ready()
+        assert not await pool.ready()
         with pytest.raises(NoHealthyBackend):
             await pool.acquire("r1")
 
@@ -51,7 +51,7 @@ async def test_removal_waits_for_the_lease_and_selection_keeps_working(selection
         idle = next(b.id for b in pool.backends if b.id != busy)
         assert await pool.remove_backend(idle)
         assert not await pool.remove_backend(idle)  # already gone
-        assert idle not in {s.id for s in pool.snapshot()}
+        assert idle not in {s.id for s in await pool.snapshot()}
         await lease.release()
         await pool.add_backend(spec("d"))
         seen = set()
@@ -68,9 +68,9 @@ async def test_fail_waiters_only_when_nothing_could_serve_them() -> None:
         held = await pool.acquire("r0")
         waiter = asyncio.ensure_future(pool.acquire("r1"))
         await asyncio.sleep(0)
-        assert pool.fail_waiters(ProvisioningFailed("no")) == 0  # "a" will free up
+        assert await pool.fail_waiters(ProvisioningFailed("no")) == 0  # "a" will free up
         await pool.drain("a")
-        assert pool.fail_waiters(ProvisioningFailed("no")) == 1
+        assert await pool.fail_waiters(ProvisioningFailed("no")) == 1
         with pytest.raises(ProvisioningFailed):
             await waiter
         await held.release()

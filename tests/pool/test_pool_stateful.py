@@ -11,21 +11,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from proxyfleet.errors import LeaseTimeout, NoHealthyBackend, QueueFull
-from proxyfleet.pool import BackendSpec, MemoryStore, Outcome, Pool, PoolSettings
+from proxyfleet.pool import BackendSpec, BackendStatus, MemoryStore, Outcome, Pool, PoolSettings
 from proxyfleet.pool.health import HealthPolicy
+from tests.virtual import VirtualTimeLoop
 
 OUTCOMES = st.sampled_from([Outcome.SUCCESS, Outcome.FAILURE, Outcome.NEUTRAL])
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock only moves when the test says so: timers are deterministic."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 0.0
-
-    def time(self) -> float:
-        return self.now
 
 
 class PoolMachine(RuleBasedStateMachine):
@@ -36,7 +26,9 @@ class PoolMachine(RuleBasedStateMachine):
         backends = [
             BackendSpec(k, f"http://127.0.0.1:1/{k}", (), cap) for k, cap in self.caps.items()
         ]
-        store = MemoryStore(backends, HealthPolicy(2, 0.01), clock=self.loop.time)
+        store = MemoryStore(
+            [b.member for b in backends], HealthPolicy(2, 0.01), clock=self.loop.time
+        )
         self.pool = Pool(backends, PoolSettings(queue_limit=6), store=store)
         self.loop.run_until_complete(self.pool.__aenter__())
         self.tasks: dict[int, asyncio.Task[None]] = {}
@@ -131,9 +123,12 @@ class PoolMachine(RuleBasedStateMachine):
         assert removed is not leased  # only an idle backend may leave
         self._settle()
 
+    def _snapshot(self) -> list[BackendStatus]:
+        return self.loop.run_until_complete(self.pool.snapshot())
+
     @invariant()
     def membership_is_consistent(self) -> None:
-        assert [s.id for s in self.pool.snapshot()] == [b.id for b in self.pool.backends]
+        assert [s.id for s in self._snapshot()] == [b.id for b in self.pool.backends]
         assert set(self.held.values()) <= {b.id for b in self.pool.backends}
 
     @invariant()
@@ -141,7 +136,7 @@ class PoolMachine(RuleBasedStateMachine):
         held_per_backend: dict[str, int] = {}
         for backend in self.held.values():
             held_per_backend[backend] = held_per_backend.get(backend, 0) + 1
-        for status in self.pool.snapshot():
+        for status in self._snapshot():
             assert status.inflight <= self.caps[status.id]
             assert status.inflight == held_per_backend.get(status.id, 0), status
 
@@ -159,7 +154,7 @@ class PoolMachine(RuleBasedStateMachine):
         for task in self.tasks.values():
             task.cancel()
         self._settle()
-        assert all(s.inflight == 0 for s in self.pool.snapshot())
+        assert all(s.inflight == 0 for s in self._snapshot())
         assert self.pool.waiting == 0
         self.loop.run_until_complete(self.pool.close())
         self.loop.close()

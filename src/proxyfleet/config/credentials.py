@@ -4,7 +4,8 @@ A credentials directory holds one backend per file, the id being the file stem:
 
 - ``NAME.key``: an API key, sent as ``Authorization: Bearer <key>``;
 - ``NAME.json`` as a Playwright storage state (``{"cookies": [...], "origins": [...]}``): the
-  cookies that match the upstream's host and path are sent as ``Cookie``;
+  backend keeps the cookies; its transport sends those that match the upstream's host and path
+  (and have not expired) as ``Cookie``;
 - ``NAME.json`` as ``{"headers": {...}, "upstream": "optional per-backend base URL",
   "max_concurrency": N}``.
 
@@ -22,43 +23,11 @@ from urllib.parse import urlsplit
 
 from proxyfleet.config.model import Config
 from proxyfleet.errors import ConfigError
-from proxyfleet.pool.backend import BackendSpec, public_url
+from proxyfleet.pool.backend import BackendSpec, Cookie, cookie_header, public_url
 
-__all__ = ["cookie_header", "load_credentials_dir", "resolve_backends"]
+__all__ = ["load_credentials_dir", "resolve_backends"]
 
 _JSON_KEYS = frozenset({"headers", "upstream", "max_concurrency"})
-
-
-def _domain_matches(host: str, domain: str) -> bool:
-    domain = domain.lstrip(".").lower()
-    return host == domain or host.endswith("." + domain)
-
-
-def _path_matches(path: str, cookie_path: str) -> bool:
-    if not cookie_path or cookie_path == "/":
-        return True
-    prefix = cookie_path.rstrip("/")
-    return path == prefix or path.startswith(prefix + "/")
-
-
-def cookie_header(cookies: list[dict[str, Any]], url: str, now: float) -> str:
-    """The ``Cookie`` value for ``url`` from Playwright cookies (domain, path, secure, expiry)."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    path = parts.path or "/"
-    pairs = []
-    for cookie in cookies:
-        expires = cookie.get("expires", -1)
-        if isinstance(expires, int | float) and 0 < expires < now:
-            continue
-        if cookie.get("secure") and parts.scheme != "https":
-            continue
-        if not _domain_matches(host, str(cookie.get("domain", ""))):
-            continue
-        if not _path_matches(path, str(cookie.get("path", "/"))):
-            continue
-        pairs.append(f"{cookie['name']}={cookie['value']}")
-    return "; ".join(pairs)
 
 
 def _need_upstream(file: Path, default: str | None) -> str:
@@ -72,18 +41,33 @@ def _need_upstream(file: Path, default: str | None) -> str:
     return default
 
 
+def _cookie(raw: object) -> Cookie | None:
+    if not isinstance(raw, dict) or not {"name", "value", "domain"} <= raw.keys():
+        return None
+    expires = raw.get("expires", -1)
+    if not isinstance(expires, int | float) or isinstance(expires, bool):
+        return None
+    return Cookie(
+        str(raw["name"]),
+        str(raw["value"]),
+        str(raw["domain"]),
+        str(raw.get("path") or "/"),
+        bool(raw.get("secure", False)),
+        float(expires),
+    )
+
+
 def _storage_state(file: Path, data: dict[str, Any], upstream: str, cap: int) -> BackendSpec:
-    cookies = data.get("cookies", [])
-    if not isinstance(cookies, list) or not all(
-        isinstance(c, dict) and {"name", "value", "domain"} <= c.keys() for c in cookies
-    ):
+    raw = data.get("cookies", [])
+    cookies = [_cookie(c) for c in raw] if isinstance(raw, list) else [None]
+    if None in cookies:
         raise ConfigError(str(file), "cookies", "must be a list of {name, value, domain, …}")
-    value = cookie_header(cookies, upstream, time.time())
-    if not value:
+    state = tuple(c for c in cookies if c is not None)
+    if not cookie_header(state, upstream, time.time())[0]:
         raise ConfigError(
             str(file), "cookies", f"no unexpired cookie matches the upstream {public_url(upstream)}"
         )
-    return BackendSpec(file.stem, upstream, (("Cookie", value),), cap, str(file))
+    return BackendSpec(file.stem, upstream, (), cap, str(file), cookies=state)
 
 
 def _header_file(file: Path, data: dict[str, Any], default: str | None, cap: int) -> BackendSpec:
@@ -165,8 +149,10 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def _check_headers(spec: BackendSpec) -> None:
-    """Header names must be tokens and values free of control characters (no injection)."""
-    for name, value in spec.headers:
+    """Header names must be tokens and values (cookies too) free of control characters (no
+    injection)."""
+    cookies = [("Cookie", f"{c.name}={c.value}") for c in spec.cookies]
+    for name, value in (*spec.headers, *cookies):
         if not _TOKEN.match(name):
             raise ConfigError(spec.source, f"headers.{name!r}", "not a valid header name")
         if any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in value):

@@ -19,6 +19,9 @@ from pydantic import (
     model_validator,
 )
 
+from proxyfleet.pool.pool import DEFAULTS
+from proxyfleet.pool.selection import Strategy
+
 __all__ = [
     "BackendConfig",
     "Config",
@@ -35,7 +38,8 @@ __all__ = [
     "UpstreamConfig",
 ]
 
-Selection = Literal["lru", "round-robin", "least-busy"]
+#: Choices and defaults of the pool come from the pool package itself (one source).
+Selection = Strategy
 
 
 class _Model(BaseModel):
@@ -172,13 +176,13 @@ class ProvisionerConfig(_Model):
 class PoolConfig(_Model):
     """The backend pool: where backends come from and how they are leased."""
 
-    selection: Selection = "lru"
+    selection: Selection = DEFAULTS.selection
     max_concurrency: int = Field(default=1, gt=0, description="1 = strict single-flight")
-    queue_limit: int = Field(default=1000, ge=0)
-    lease_timeout: float = Field(default=30.0, gt=0)
+    queue_limit: int = Field(default=DEFAULTS.queue_limit, ge=0)
+    lease_timeout: float = Field(default=DEFAULTS.lease_timeout, gt=0)
     retries: int = Field(default=2, ge=0)
-    unhealthy_after: int = Field(default=3, gt=0)
-    cooldown: float = Field(default=30.0, ge=0)
+    unhealthy_after: int = Field(default=DEFAULTS.unhealthy_after, gt=0)
+    cooldown: float = Field(default=DEFAULTS.cooldown, ge=0)
     probe: ProbeConfig = ProbeConfig()
     provider: ProviderConfig = ProviderConfig()
     credentials_dir: Path | None = None

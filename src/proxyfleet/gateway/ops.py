@@ -1,7 +1,7 @@
 """The operations endpoints: ``/live``, ``/ready``, ``/health``, ``/metrics``, ``/admin/*``.
 
 ``/admin/*`` answers loopback clients only (unless ``server.admin_allow_remote``) and asks for
-a client key when client auth is on.
+a client key when client auth is on. Each endpoint reads only the collaborators it is given.
 """
 
 from __future__ import annotations
@@ -10,17 +10,23 @@ import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import Any
 
 from proxyfleet import __version__
+from proxyfleet._asgi import Scope, Send, send_error, send_json
+from proxyfleet.config.model import Config
 from proxyfleet.errors import BadRequest, GatewayError, NotFound
-from proxyfleet.gateway.asgi import Scope, Send, send_error, send_json
-from proxyfleet.gateway.metrics import CONTENT_TYPE
+from proxyfleet.gateway.admission import Admission
+from proxyfleet.gateway.auth import ClientAuth
+from proxyfleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from proxyfleet.mcpproxy.mount import McpMount
+from proxyfleet.orchestrator import Elastic
+from proxyfleet.pool import BackendState, Pool
 
-if TYPE_CHECKING:
-    from proxyfleet.gateway.app import Gateway
+__all__ = ["Operations", "Readiness"]
 
-__all__ = ["Operations"]
+#: Whether the gateway can serve, and why (or why not).
+Readiness = Callable[[], Awaitable[tuple[bool, str]]]
 
 
 def _is_loopback(scope: Scope) -> bool:
@@ -34,8 +40,28 @@ def _is_loopback(scope: Scope) -> bool:
 
 
 class Operations:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(
+        self,
+        config: Config,
+        pool: Pool,
+        metrics: GatewayMetrics,
+        readiness: Readiness,
+        *,
+        auth: ClientAuth,
+        admission: Admission,
+        mcp: McpMount,
+        elastic: Elastic | None = None,
+        started_at: float = 0.0,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.metrics = metrics
+        self.readiness = readiness
+        self.auth = auth
+        self.admission = admission
+        self.mcp = mcp
+        self.elastic = elastic
+        self.started_at = started_at
         self._routes: dict[str, Callable[[Scope, Send], Awaitable[None]]] = {
             "/live": self._live,
             "/ready": self._ready,
@@ -54,9 +80,9 @@ class Operations:
             if scope["method"] not in ("GET", "HEAD"):
                 raise BadRequest(f"{path} only answers GET", code="method_not_allowed")
             if path.startswith("/admin/"):
-                if not _is_loopback(scope) and not self.gateway.config.server.admin_allow_remote:
+                if not _is_loopback(scope) and not self.config.server.admin_allow_remote:
                     raise NotFound(f"no route for {path}")
-                self.gateway.authorize(scope)
+                self.auth.authorize(scope)
             await handler(scope, send)
         except GatewayError as error:
             await send_error(send, error)
@@ -65,23 +91,20 @@ class Operations:
         await send_json(send, 200, {"status": "alive"})
 
     async def _ready(self, scope: Scope, send: Send) -> None:
-        ok, reason = self.gateway.readiness()
+        ok, reason = await self.readiness()
         body: dict[str, object] = {"status": "ready" if ok else "unavailable", "reason": reason}
-        if self.gateway.mcp:
-            body["mcp"] = [e.route.health() for e in self.gateway.mcp.values()]
+        if self.mcp:
+            body["mcp"] = self.mcp.health()
         await send_json(send, 200 if ok else 503, body)
 
     async def _health(self, scope: Scope, send: Send) -> None:
-        gateway = self.gateway
-        pool = gateway.pool
-        ok, reason = gateway.readiness()
+        ok, reason = await self.readiness()
         states: dict[str, int] = {}
-        for status in pool.snapshot():
+        for status in await self.pool.snapshot():
             states[status.state] = states.get(status.state, 0) + 1
-        healthy = states.get("idle", 0) + states.get("busy", 0)
-        overall = (
-            "ok" if ok and healthy == len(pool.backends) else ("degraded" if ok else "unavailable")
-        )
+        healthy = states.get(BackendState.IDLE, 0) + states.get(BackendState.BUSY, 0)
+        whole = healthy == self.pool.size
+        overall = "ok" if ok and whole else ("degraded" if ok else "unavailable")
         await send_json(
             send,
             200 if ok else 503,
@@ -89,52 +112,52 @@ class Operations:
                 "status": overall,
                 "reason": reason,
                 "version": __version__,
-                "uptime_seconds": round(time.time() - gateway.started_at, 1),
+                "uptime_seconds": round(time.time() - self.started_at, 1),
                 "backends": states,
-                "waiting": pool.waiting,
-                "in_flight": gateway.in_flight,
-                "mcp": [e.route.health() for e in gateway.mcp.values()],
+                "waiting": self.pool.waiting,
+                "in_flight": self.admission.active,
+                "mcp": self.mcp.health(),
             },
         )
 
     async def _metrics(self, scope: Scope, send: Send) -> None:
-        body = self.gateway.metrics.render()
+        body = self.metrics.render(await self.pool.snapshot(), self.pool.waiting)
         headers = [(b"content-type", CONTENT_TYPE), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _admin_pool(self, scope: Scope, send: Send) -> None:
-        gateway = self.gateway
-        pool, config = gateway.pool, gateway.config
-        specs = {b.id: b for b in pool.backends}
-        backends = [dict(asdict(s), source=specs[s.id].source) for s in pool.snapshot()]
+        pool = self.pool
+        backends: list[dict[str, Any]] = []
+        for status in await pool.snapshot():
+            spec = pool.spec(status.id)
+            backends.append(dict(asdict(status), source=spec.source, kind=spec.kind))
         await send_json(
             send,
             200,
             {
-                "selection": config.pool.selection,
+                "selection": self.config.pool.selection,
                 "waiting": pool.waiting,
-                "queue_limit": config.pool.queue_limit,
+                "queue_limit": self.config.pool.queue_limit,
                 "backends": backends,
-                "elastic": None if gateway.elastic is None else gateway.elastic.describe(),
+                "elastic": None if self.elastic is None else self.elastic.describe(),
             },
         )
 
     async def _admin_sessions(self, scope: Scope, send: Send) -> None:
         """Every MCP session: id, client, upstream pid, age, last activity, messages each way;
         ended ones (the most recent) with why they ended."""
-        routes = [e.route.describe() for e in self.gateway.mcp.values()]
-        await send_json(send, 200, {"routes": routes})
+        await send_json(send, 200, {"routes": self.mcp.describe()})
 
     async def _admin_queue(self, scope: Scope, send: Send) -> None:
-        pool, config = self.gateway.pool, self.gateway.config
+        config = self.config.pool
         await send_json(
             send,
             200,
             {
-                "waiting": pool.waiting,
-                "queue_limit": config.pool.queue_limit,
-                "lease_timeout": config.pool.lease_timeout,
-                "waiters": pool.queue(),
+                "waiting": self.pool.waiting,
+                "queue_limit": config.queue_limit,
+                "lease_timeout": config.lease_timeout,
+                "waiters": self.pool.queue(),
             },
         )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import unquote
 
 from proxyfleet.errors import BadRequest
@@ -13,9 +14,10 @@ from proxyfleet.errors import BadRequest
 __all__ = [
     "HOP_BY_HOP",
     "client_credential",
+    "forwarded_headers",
+    "header",
     "request_id",
     "response_headers",
-    "upstream_headers",
     "upstream_path",
 ]
 
@@ -85,6 +87,14 @@ def upstream_path(path: str, raw_path: bytes | None, query: bytes) -> str:
     return f"{tail}?{query.decode('latin-1')}" if query else tail
 
 
+def header(scope: Mapping[str, Any], name: bytes) -> bytes | None:
+    """The first value of a request header (``name`` lowercase, as ASGI gives them)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
 def client_credential(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The key a client presented: ``Authorization: Bearer <key>`` or ``X-API-Key``."""
     for name, value in headers:
@@ -102,14 +112,15 @@ def _tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
-def upstream_headers(
+def forwarded_headers(
     client: Iterable[tuple[bytes, bytes]],
-    backend: tuple[tuple[str, str], ...],
     rid: str,
     *,
     strip_client_auth: bool,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Client headers minus hop-by-hop ones, the backend's credentials on top, our request id."""
+    """Client headers minus hop-by-hop ones (and the client's own key when client auth is on),
+    ``extra`` on top, our request id. The backend's credentials are its transport's to add."""
     drop = _NOT_UPSTREAM_AUTH if strip_client_auth else _NOT_UPSTREAM
     out: dict[str, str] = {}
     connection: bytes | None = None
@@ -124,11 +135,8 @@ def upstream_headers(
     if connection is not None and connection.lower() not in (b"keep-alive", b"close"):
         for token in _tokens(connection):
             out.pop(token.decode("latin-1"), None)
-    for name, value in backend:
-        lowered = name.lower()
-        if lowered != name:
-            out.pop(lowered, None)
-        out[name] = value
+    if extra:
+        out.update(extra)
     out["x-request-id"] = rid
     return out
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import gc
 import logging
-import resource
 import signal
 import socket
 import sys
@@ -23,25 +21,14 @@ import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxyfleet.config.model import Config
-from proxyfleet.errors import ListenError
-from proxyfleet.fleet.lifecycle import InstanceSpec, hold_instance_lock, instance_record
-from proxyfleet.gateway.app import Gateway, load_keys
+from proxyfleet.gateway.app import Gateway
+from proxyfleet.gateway.auth import load_keys
 from proxyfleet.logs import event
 from proxyfleet.pool import BackendSpec
 
-__all__ = ["GatewayServer", "bind", "raise_fd_limit", "run_gateway"]
+__all__ = ["GatewayServer", "check_serving", "run_gateway", "serve_gateway", "uvicorn_config"]
 
 _log = logging.getLogger("proxyfleet.server")
-
-
-def raise_fd_limit() -> int:
-    """Lift the soft open-files limit to the hard one: every connection costs descriptors."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            return hard
-    return soft
 
 
 #: The cyclic garbage collector's thresholds for a serving process. CPython's default (700
@@ -56,22 +43,10 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def bind(host: str, port: int, what: str = "gateway") -> socket.socket:
-    """A listening socket, or a ListenError that says what is wrong and what to do."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.create_server((host, port), family=family, backlog=4096)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise ListenError(
-                f"{what}: port {port} on {host} is already in use by another process; "
-                "stop it or choose another port with --port"
-            ) from exc
-        if exc.errno == errno.EACCES:
-            raise ListenError(f"{what}: not allowed to listen on {host}:{port}") from exc
-        raise ListenError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.set_inheritable(True)
-    return sock
+def check_serving(config: Config) -> None:
+    """What must hold before listening (a ConfigError otherwise): the client keys file."""
+    if config.server.auth_keys_file is not None:
+        load_keys(config.server.auth_keys_file)
 
 
 class _HttpProtocol(HttpToolsProtocol):
@@ -147,24 +122,9 @@ async def serve_gateway(
     return server
 
 
-def run_gateway(
-    config: Config, backends: Sequence[BackendSpec], instance: InstanceSpec | None = None
-) -> int:
-    """Serve until a signal; returns the process exit code."""
-    if config.server.auth_keys_file is not None:
-        load_keys(config.server.auth_keys_file)  # refuse a bad keys file before listening
-    raise_fd_limit()
+def run_gateway(config: Config, backends: Sequence[BackendSpec], sock: socket.socket) -> int:
+    """Serve on ``sock`` until a signal; returns the process exit code."""
     tune_gc()
-    with contextlib.ExitStack() as stack:
-        if instance is not None:
-            stack.enter_context(hold_instance_lock(instance.files))
-        sock = bind(config.server.host, config.server.port)
-        if instance is not None:
-            stack.enter_context(instance_record(instance, config.server.host))
-        return _serve(config, backends, sock)
-
-
-def _serve(config: Config, backends: Sequence[BackendSpec], sock: socket.socket) -> int:
 
     def announce(url: str) -> None:
         cap = config.pool.max_concurrency

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from proxyfleet.errors import UpstreamError
-from proxyfleet.gateway.asgi import Send
-from proxyfleet.gateway.proxy import Sent
+from proxyfleet._asgi import Send
+from proxyfleet.errors import UpstreamError, UpstreamTimeout
+from proxyfleet.gateway.recording import Recording
 from proxyfleet.gateway.rules import response_headers
 from proxyfleet.logs import event
 from proxyfleet.pool import Lease
 from proxyfleet.providers.response import ResponseShape, StreamTranslator, chat_to_response
 from proxyfleet.providers.sse import SSEParser, encode_event
-from proxyfleet.upstream import UpstreamResponse
+from proxyfleet.transports import Exchange
 
 __all__ = ["ChatToResponses", "chunk_of_completion"]
 
@@ -48,20 +48,15 @@ class ChatToResponses:
         self._stream = stream
 
     async def deliver(
-        self,
-        send: Send,
-        response: UpstreamResponse,
-        rid: str,
-        lease: Lease,
-        sent: Sent,
-        head: Callable[[], None],
+        self, send: Send, exchange: Exchange, lease: Lease, recording: Recording
     ) -> None:
+        rid = recording.rid
         headers = [
-            (k, v) for k, v in response_headers(response.headers, rid.encode()) if k not in _DROP
+            (k, v) for k, v in response_headers(exchange.headers, rid.encode()) if k not in _DROP
         ]
-        sse = response.content_type == b"text/event-stream"
+        sse = exchange.content_type == b"text/event-stream"
         if not self._stream:
-            body = await response.read()
+            body = await exchange.read()
             try:
                 payload = json.dumps(chat_to_response(_json(body), self._shape)).encode()
             except ValueError as exc:
@@ -69,33 +64,26 @@ class ChatToResponses:
                 raise UpstreamError(
                     f"backend {lease.backend.id} answered something that is not a chat completion"
                 ) from exc
-            sent.status = 200
-            sent.complete = True
-            sent.bytes = len(payload)
             headers += [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
             ]
-            head()
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": payload})
             return
-        sent.status = 200
-        sent.sse = True
         headers.append((b"content-type", b"text/event-stream"))
-        head()
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         translator = StreamTranslator(self._shape)
-        await self._send_events(send, translator.start(), sent)
+        await _send_events(send, translator.start())
         try:
             if sse:
-                await self._translate_stream(send, response, translator, sent)
+                await self._translate_stream(send, exchange, translator)
             else:  # a provider that answered a stream request with one JSON body
-                chunk = chunk_of_completion(_json(await response.read()))
-                await self._send_events(send, translator.feed(chunk), sent)
-        except (TimeoutError, OSError, ValueError) as exc:
+                chunk = chunk_of_completion(_json(await exchange.read()))
+                await _send_events(send, translator.feed(chunk))
+        except (UpstreamError, ValueError) as exc:
             lease.fail()
-            sent.broken = "timeout" if isinstance(exc, TimeoutError) else "upstream_error"
+            recording.broken = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
             event(
                 _log,
                 "stream_translation_failed",
@@ -108,33 +96,29 @@ class ChatToResponses:
                 "server_error",
                 f"backend {lease.backend.id} broke off mid-stream ({type(exc).__name__})",
             )
-            await self._send_events(send, events, sent, last=True)
+            await _send_events(send, events, last=True)
             return
-        await self._send_events(send, translator.finish(), sent, last=True)
+        await _send_events(send, translator.finish(), last=True)
 
     async def _translate_stream(
-        self, send: Send, response: UpstreamResponse, translator: StreamTranslator, sent: Sent
+        self, send: Send, exchange: Exchange, translator: StreamTranslator
     ) -> None:
         parser = SSEParser()
-        while (chunk := await response.next_chunk()) is not None:
+        while (chunk := await exchange.next_chunk()) is not None:
             for data in parser.feed(chunk):
                 if data.strip() == "[DONE]":
                     continue
                 events = translator.feed(_json(data.encode()))
                 if events:
-                    await self._send_events(send, events, sent)
+                    await _send_events(send, events)
         for data in parser.close():
             if data.strip() != "[DONE]":
-                await self._send_events(send, translator.feed(_json(data.encode())), sent)
+                await _send_events(send, translator.feed(_json(data.encode())))
 
-    async def _send_events(
-        self, send: Send, events: list[dict[str, Any]], sent: Sent, last: bool = False
-    ) -> None:
-        body = b"".join(encode_event(e) for e in events)
-        sent.bytes += len(body)
-        if last:
-            sent.complete = True
-        await send({"type": "http.response.body", "body": body, "more_body": not last})
+
+async def _send_events(send: Send, events: list[dict[str, Any]], last: bool = False) -> None:
+    body = b"".join(encode_event(e) for e in events)
+    await send({"type": "http.response.body", "body": body, "more_body": not last})
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -13,12 +13,15 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from proxyfleet.errors import GatewayError
-from proxyfleet.gateway.asgi import Receive, Scope, Send
-from proxyfleet.gateway.proxy import Forwarder
+from proxyfleet._asgi import Receive, Scope, Send
+from proxyfleet.errors import GatewayError, UpstreamError
+from proxyfleet.gateway.failover import RETRY_STATUSES, Failover, Retry
+from proxyfleet.gateway.rules import forwarded_headers
+from proxyfleet.pool import Lease
 from proxyfleet.providers.request import TranslateOptions, dumps, responses_to_chat
 from proxyfleet.providers.response import ResponseShape, StreamTranslator
 from proxyfleet.providers.sse import SSEParser
+from proxyfleet.transports import Exchange, Request, Transport
 
 __all__ = ["ChatWebSocket"]
 
@@ -41,9 +44,10 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 
 class ChatWebSocket:
-    def __init__(self, forwarder: Forwarder, options: TranslateOptions) -> None:
-        self._forwarder = forwarder
+    def __init__(self, failover: Failover, options: TranslateOptions, *, strip: bool) -> None:
+        self._failover = failover
         self._options = options
+        self._strip = strip
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         if (await receive())["type"] != "websocket.connect":
@@ -66,41 +70,64 @@ class ChatWebSocket:
         params = dict(params, stream=True)
         try:
             chat = responses_to_chat(params, self._options)
-            lease, response = await self._forwarder.call(
-                scope, rid, "/chat/completions", dumps(chat.body), _IDENTITY
+            headers = forwarded_headers(
+                scope["headers"], rid, strip_client_auth=self._strip, extra=_IDENTITY
             )
+            request = Request("POST", "/chat/completions", headers, dumps(chat.body))
+
+            async def attempt(lease: Lease, transport: Transport, last: bool) -> None:
+                await self._attempt(send, params, rid, request, lease, transport, last)
+
+            await self._failover.run(rid, attempt)
         except GatewayError as error:
             await _send(send, _error(error.code, error.message))
-            return
-        async with lease:
-            try:
-                if response.status != 200:
-                    body = (await response.read()).decode("utf-8", "replace")
-                    await _send(
-                        send,
-                        _error(
-                            "upstream_error", f"backend answered {response.status}: {body[:500]}"
-                        ),
-                    )
-                    return
-                shape = ResponseShape.of(params, f"resp_{rid}", int(time.time()))
-                await self._stream(send, response, StreamTranslator(shape), lease)
-            finally:
-                response.close()
+
+    async def _attempt(
+        self,
+        send: Send,
+        params: dict[str, Any],
+        rid: str,
+        request: Request,
+        lease: Lease,
+        transport: Transport,
+        last: bool,
+    ) -> None:
+        backend = lease.backend
+        try:
+            exchange = await transport.handle(backend, request)
+        except UpstreamError as exc:
+            lease.fail()
+            raise Retry(exc) from exc
+        try:
+            if exchange.status >= 500:
+                lease.fail()
+            if exchange.status in RETRY_STATUSES and not last:
+                raise Retry(UpstreamError(f"backend {backend.id} answered {exchange.status}"))
+            if exchange.status != 200:
+                body = (await exchange.read()).decode("utf-8", "replace")
+                await _send(
+                    send,
+                    _error("upstream_error", f"backend answered {exchange.status}: {body[:500]}"),
+                )
+                return
+            shape = ResponseShape.of(params, f"resp_{rid}", int(time.time()))
+            await self._stream(send, exchange, StreamTranslator(shape), lease)
+        finally:
+            exchange.close()
 
     async def _stream(
-        self, send: Send, response: Any, translator: StreamTranslator, lease: Any
+        self, send: Send, exchange: Exchange, translator: StreamTranslator, lease: Lease
     ) -> None:
         for event in translator.start():
             await _send(send, event)
         parser = SSEParser()
         try:
-            while (chunk := await response.next_chunk()) is not None:
+            while (chunk := await exchange.next_chunk()) is not None:
                 for data in parser.feed(chunk):
                     if data.strip() != "[DONE]":
                         for event in translator.feed(json.loads(data)):
                             await _send(send, event)
-        except (TimeoutError, OSError, ValueError) as exc:
+        except (UpstreamError, ValueError) as exc:
             lease.fail()
             for event in translator.fail(
                 "server_error", f"backend broke off: {type(exc).__name__}"

@@ -1,5 +1,7 @@
-"""WebSocket passthrough: a client upgrade under ``/v1`` becomes an upstream WebSocket on a
-leased backend, held for the life of the connection; frames are relayed both ways as they come.
+"""WebSocket upgrades: under ``/v1`` a client's WebSocket becomes an upstream channel on a
+leased backend, held for the life of the connection, with frames relayed both ways as they come
+(passthrough); with ``provider: chat``, ``/v1/responses`` is served turn by turn by
+:mod:`.translate_ws` instead.
 """
 
 from __future__ import annotations
@@ -7,143 +9,142 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from typing import TYPE_CHECKING
 
-import aiohttp
+from proxyfleet._asgi import Receive, Scope, Send
+from proxyfleet.errors import GatewayError, NotFound, UpstreamError, UpstreamRefused
+from proxyfleet.gateway.admission import Admission
+from proxyfleet.gateway.auth import ClientAuth
+from proxyfleet.gateway.failover import Failover, Retry
+from proxyfleet.gateway.rules import forwarded_headers, header, request_id, upstream_path
+from proxyfleet.pool import Lease
+from proxyfleet.transports import Channel, Request, Transport
 
-from proxyfleet.errors import GatewayError, NoHealthyBackend, UpstreamError
-from proxyfleet.gateway.asgi import Receive, Scope, Send
-from proxyfleet.gateway.rules import upstream_headers
-from proxyfleet.pool import Lease, Pool
-from proxyfleet.pool.backend import public_url
+if TYPE_CHECKING:
+    from proxyfleet.gateway.translate_ws import ChatWebSocket
 
-__all__ = ["WebSocketRelay", "reject"]
+__all__ = ["WebSocketRelay", "WebSocketRoutes", "reject"]
 
 _TRY_NEXT = 1013  # "try again later"
 _ABNORMAL = 1011
 
 
-def _ws_url(base_url: str, tail: str) -> str:
-    url = base_url + tail
-    if url.startswith("https://"):
-        return "wss://" + url[len("https://") :]
-    return "ws://" + url[len("http://") :]
+class WebSocketRoutes:
+    """Every WebSocket upgrade: client auth, the path, the in-flight limit, then a handler."""
+
+    def __init__(
+        self,
+        relay: WebSocketRelay,
+        chat: ChatWebSocket | None,
+        *,
+        auth: ClientAuth,
+        admission: Admission,
+    ) -> None:
+        self._relay = relay
+        self._chat = chat
+        self._auth = auth
+        self._admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        rid = request_id(header(scope, b"x-request-id"))
+        try:
+            self._auth.authorize(scope)
+            if not (path.startswith("/v1/") or path == "/v1"):
+                raise NotFound(f"no WebSocket route at {path}")
+            tail = upstream_path(path, scope.get("raw_path"), scope["query_string"])
+            self._admission.enter()
+        except GatewayError as error:
+            await receive()  # websocket.connect
+            await reject(scope, send, error)
+            return
+        try:
+            if self._chat is not None and tail == "/responses":
+                await self._chat.serve(scope, receive, send, rid)
+            else:
+                await self._relay.relay(scope, receive, send, tail, rid)
+        finally:
+            self._admission.leave()
 
 
 class WebSocketRelay:
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        pool: Pool,
-        *,
-        strip_client_auth: bool,
-        retries: int = 2,
-    ) -> None:
-        self._session = session
-        self._pool = pool
+    def __init__(self, failover: Failover, *, strip_client_auth: bool) -> None:
+        self._failover = failover
         self._strip = strip_client_auth
-        self._retries = retries
 
     async def relay(self, scope: Scope, receive: Receive, send: Send, tail: str, rid: str) -> None:
         first = await receive()
         if first["type"] != "websocket.connect":
             return
-        tried: list[str] = []
-        error: GatewayError | None = None
-        for _ in range(self._retries + 1):
+        headers = forwarded_headers(scope["headers"], rid, strip_client_auth=self._strip)
+        request = Request("GET", tail, headers)
+        subprotocols = tuple(scope.get("subprotocols") or ())
+
+        async def attempt(lease: Lease, transport: Transport, last: bool) -> None:
             try:
-                lease = await self._pool.acquire(rid, exclude=tried)
-            except GatewayError as exc:
-                await reject(scope, send, error or exc, rid)
-                return
-            async with lease:
-                upstream = await self._connect(scope, lease, tail, rid)
-                if isinstance(upstream, GatewayError):
-                    error = upstream
-                    tried.append(lease.backend.id)
-                    continue
-                async with upstream:
-                    await send(
-                        {
-                            "type": "websocket.accept",
-                            "subprotocol": upstream.protocol,
-                            "headers": [(b"x-request-id", rid.encode())],
-                        }
-                    )
-                    await self._pump(receive, send, upstream, lease)
-                return
-        await reject(scope, send, error or NoHealthyBackend("no backend"), rid)
-
-    async def _connect(
-        self, scope: Scope, lease: Lease, tail: str, rid: str
-    ) -> aiohttp.ClientWebSocketResponse | GatewayError:
-        backend = lease.backend
-        headers = {
-            k: v
-            for k, v in upstream_headers(
-                scope["headers"], backend.headers, rid, strip_client_auth=self._strip
-            ).items()
-            if not k.lower().startswith("sec-websocket-")
-        }
-        try:
-            return await self._session.ws_connect(
-                _ws_url(backend.base_url, tail),
-                headers=headers,
-                protocols=tuple(scope.get("subprotocols") or ()),
-                autoping=True,
-                heartbeat=None,
-                max_msg_size=0,
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            if exc.status >= 500:
+                channel = await transport.connect(lease.backend, request, subprotocols)
+            except UpstreamRefused as exc:
+                if exc.upstream_status >= 500:
+                    lease.fail()
+                raise Retry(exc) from exc
+            except UpstreamError as exc:
                 lease.fail()
-            return UpstreamError(f"backend {backend.id} refused the WebSocket ({exc.status})")
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            lease.fail()
-            return UpstreamError(
-                f"backend {backend.id} at {public_url(backend.base_url)} is unreachable"
-            )
+                raise Retry(exc) from exc
+            try:
+                await send(
+                    {
+                        "type": "websocket.accept",
+                        "subprotocol": channel.subprotocol,
+                        "headers": [(b"x-request-id", rid.encode())],
+                    }
+                )
+                await _pump(receive, send, channel, lease)
+            finally:
+                await channel.close()
 
-    async def _pump(
-        self, receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse, lease: Lease
-    ) -> None:
-        tasks = [
-            asyncio.ensure_future(_client_to_upstream(receive, upstream)),
-            asyncio.ensure_future(_upstream_to_client(send, upstream, lease)),
-        ]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, OSError, aiohttp.ClientError):
-                    await task
+            await self._failover.run(rid, attempt)
+        except GatewayError as error:
+            await reject(scope, send, error, rid)
 
 
-async def _client_to_upstream(receive: Receive, upstream: aiohttp.ClientWebSocketResponse) -> None:
+async def _pump(receive: Receive, send: Send, channel: Channel, lease: Lease) -> None:
+    tasks = [
+        asyncio.ensure_future(_client_to_upstream(receive, channel)),
+        asyncio.ensure_future(_upstream_to_client(send, channel, lease)),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, OSError, UpstreamError):
+                await task
+
+
+async def _client_to_upstream(receive: Receive, channel: Channel) -> None:
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
-            await upstream.close(code=message.get("code") or 1000)
+            await channel.close(message.get("code") or 1000)
             return
         if message.get("text") is not None:
-            await upstream.send_str(message["text"])
+            await channel.send(message["text"])
         elif message.get("bytes") is not None:
-            await upstream.send_bytes(message["bytes"])
+            await channel.send(message["bytes"])
 
 
-async def _upstream_to_client(
-    send: Send, upstream: aiohttp.ClientWebSocketResponse, lease: Lease
-) -> None:
-    async for message in upstream:
-        if message.type is aiohttp.WSMsgType.TEXT:
-            await send({"type": "websocket.send", "text": message.data})
-        elif message.type is aiohttp.WSMsgType.BINARY:
-            await send({"type": "websocket.send", "bytes": message.data})
-        elif message.type is aiohttp.WSMsgType.ERROR:
-            lease.fail()
-            break
-    code = upstream.close_code or _ABNORMAL
+async def _upstream_to_client(send: Send, channel: Channel, lease: Lease) -> None:
+    try:
+        while (message := await channel.receive()) is not None:
+            if isinstance(message, str):
+                await send({"type": "websocket.send", "text": message})
+            else:
+                await send({"type": "websocket.send", "bytes": message})
+    except UpstreamError:
+        lease.fail()
+    code = channel.close_code or _ABNORMAL
     await _close(send, code if code != 1006 else _ABNORMAL, "upstream closed")
 
 

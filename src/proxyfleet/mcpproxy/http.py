@@ -16,8 +16,8 @@ import contextlib
 from typing import Any
 from urllib.parse import parse_qs
 
+from proxyfleet._asgi import Receive, Scope, Send, read_body
 from proxyfleet.errors import ClientGone, GatewayError
-from proxyfleet.gateway.asgi import Receive, Scope, Send, read_body
 from proxyfleet.mcpproxy.jsonrpc import (
     INVALID_REQUEST,
     SERVER_ERROR,

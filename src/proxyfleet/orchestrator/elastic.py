@@ -111,8 +111,8 @@ class Elastic:
     def growing(self) -> bool:
         return self._growth is not None
 
-    def demand(self, request_id: str, waiting: int) -> GatewayError | bool:
-        if len(self._pool.backends) >= self._config.max_backends:
+    async def demand(self, request_id: str, waiting: int) -> GatewayError | bool:
+        if self._pool.size >= self._config.max_backends:
             return False
         now = time.monotonic()
         blocked = self._blocked(now)
@@ -121,7 +121,7 @@ class Elastic:
         if self._growth is not None:
             return True
         if self._breaker.state(now) is BreakerState.OPEN:
-            if self._pool.ready():
+            if await self._pool.ready():
                 return False
             return ProvisioningFailed(
                 f"provisioning is paused after {self._breaker.consecutive} failures in a row "
@@ -135,7 +135,7 @@ class Elastic:
         """Could a request that finds no backend get one (for readiness)?"""
         now = time.monotonic()
         return (
-            len(self._pool.backends) < self._config.max_backends
+            self._pool.size < self._config.max_backends
             and self._blocked(now) is None
             and self._breaker.state(now) is not BreakerState.OPEN
         )
@@ -160,7 +160,7 @@ class Elastic:
 
     # -- growing -------------------------------------------------------------------------------
     def _wanted(self) -> bool:
-        count = len(self._pool.backends)
+        count = self._pool.size
         if count >= self._config.max_backends:
             return False
         return count < self._config.min_backends or self._pool.waiting > 0
@@ -186,7 +186,7 @@ class Elastic:
             attempt += 1
             now = time.monotonic()
             if not self._breaker.allow(now):
-                self._give_up(rid, None)
+                await self._give_up(rid, None)
                 return
             started = time.perf_counter()
             try:
@@ -220,7 +220,7 @@ class Elastic:
             "backend_provisioned",
             backend=engine.id,
             seconds=round(seconds, 3),
-            backends=len(self._pool.backends) + 1,
+            backends=self._pool.size + 1,
         )
         await self._join(engine, "provisioned")
 
@@ -233,7 +233,7 @@ class Elastic:
             self._block = _Block(exc.message, now + exc.eta)
             blocked = self._blocked(now)
             if blocked is not None:
-                self._pool.fail_waiters(blocked)
+                await self._pool.fail_waiters(blocked)
         if self._debug is not None:
             self._debug.provisioning(
                 rid or None,
@@ -256,13 +256,13 @@ class Elastic:
             breaker="open" if opened else None,
         )
         if not exc.retryable or opened or attempt >= self._config.attempts:
-            self._give_up(rid, exc)
+            await self._give_up(rid, exc)
             return False
         delay = retry_delay(exc.eta, attempt, self._config.backoff, self._config.backoff_cap)
         await asyncio.sleep(delay)
         return self._wanted()
 
-    def _give_up(self, rid: str, exc: ProvisionerError | None) -> None:
+    async def _give_up(self, rid: str, exc: ProvisionerError | None) -> None:
         """The burst ends without a backend: waiters with nothing to wait for fail now."""
         now = time.monotonic()
         if exc is None or self._breaker.state(now) is BreakerState.OPEN:
@@ -286,10 +286,10 @@ class Elastic:
                 error=error.message,
                 retry=self._breaker.consecutive,
             )
-        self._pool.fail_waiters(error)
+        await self._pool.fail_waiters(error)
 
     async def _join(self, engine: Engine, origin: str) -> None:
-        if engine.id in {b.id for b in self._pool.backends}:
+        if engine.id in {m.id for m in self._pool.backends}:
             return
         spec = BackendSpec(
             engine.id, engine.url, (), self._cap, f"{origin}:{self._provisioner.name}"
@@ -308,7 +308,7 @@ class Elastic:
                 )
             event(_log, "adopt_failed", logging.WARNING, error=exc.message)
             return
-        room = self._config.max_backends - len(self._pool.backends)
+        room = self._config.max_backends - self._pool.size
         for engine in engines[: max(room, 0)]:
             await self._join(engine, "adopted")
         if self._debug is not None:
@@ -331,8 +331,8 @@ class Elastic:
         """Release provisioned backends idle for ``idle_ttl`` while above ``min_backends``."""
         now_wall, now = time.time(), time.monotonic()
         released: list[str] = []
-        for status in sorted(self._pool.snapshot(), key=lambda s: s.last_used or 0.0):
-            if len(self._pool.backends) <= self._config.min_backends:
+        for status in sorted(await self._pool.snapshot(), key=lambda s: s.last_used or 0.0):
+            if self._pool.size <= self._config.min_backends:
                 break
             member = self._members.get(status.id)
             if member is None or member.origin != "provisioned" or status.inflight:

@@ -12,7 +12,8 @@
 
 A ``neutral`` outcome (the client went away, the request was cancelled) says nothing about the
 backend and changes no counter. ``DRAINING`` is set and cleared by an operator; a draining backend
-keeps serving the leases it has but takes no new one.
+keeps serving the leases it has but takes no new one. Times are unix seconds (wall clock), so
+that processes sharing a store agree on when a quarantine ends.
 """
 
 from __future__ import annotations
@@ -21,7 +22,18 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-__all__ = ["Health", "HealthPolicy", "HealthRecord", "Outcome", "can_lease", "on_lease", "settle"]
+from proxyfleet.pool.backend import BackendState
+
+__all__ = [
+    "Health",
+    "HealthPolicy",
+    "HealthRecord",
+    "Outcome",
+    "can_lease",
+    "on_lease",
+    "settle",
+    "state_of",
+]
 
 
 class Health(enum.Enum):
@@ -47,7 +59,21 @@ class HealthPolicy:
 class HealthRecord:
     state: Health = Health.HEALTHY
     consecutive_failures: int = 0
-    quarantined_until: float = 0.0
+    quarantined_until: float = 0.0  # unix time
+
+
+def state_of(record: HealthRecord, inflight: int) -> BackendState:
+    """What a backend with this health and this many leases shows as."""
+    if record.state is Health.HEALTHY:
+        return BackendState.BUSY if inflight else BackendState.IDLE
+    return _SHOWN[record.state]
+
+
+_SHOWN = {
+    Health.QUARANTINED: BackendState.UNHEALTHY,
+    Health.HALF_OPEN: BackendState.HALF_OPEN,
+    Health.DRAINING: BackendState.DRAINING,
+}
 
 
 def can_lease(record: HealthRecord, now: float) -> bool:

@@ -23,19 +23,31 @@ class Lease:
     backend) unless :meth:`fail` or :meth:`succeed` marked it first.
     """
 
-    __slots__ = ("_grant", "_outcome", "_pool", "_released", "request_id", "wait_seconds")
+    __slots__ = (
+        "_grant",
+        "_outcome",
+        "_pool",
+        "_released",
+        "backend",
+        "request_id",
+        "wait_seconds",
+    )
 
-    def __init__(self, pool: Pool, grant: Grant, request_id: str, wait_seconds: float) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        grant: Grant,
+        backend: BackendSpec,
+        request_id: str,
+        wait_seconds: float,
+    ) -> None:
         self._pool = pool
         self._grant = grant
         self._outcome: Outcome | None = None
         self._released = False
+        self.backend = backend
         self.request_id = request_id
         self.wait_seconds = wait_seconds
-
-    @property
-    def backend(self) -> BackendSpec:
-        return self._grant.backend
 
     @property
     def token(self) -> int:
@@ -72,7 +84,7 @@ class Lease:
         if not self._released:
             self._released = True
             warnings.warn(
-                f"lease on {self._grant.backend.id} for {self.request_id} was never released",
+                f"lease on {self.backend.id} for {self.request_id} was never released",
                 ResourceWarning,
                 stacklevel=1,
             )
@@ -80,4 +92,4 @@ class Lease:
 
     def __repr__(self) -> str:
         state = "released" if self._released else "held"
-        return f"<Lease {self._grant.backend.id} token={self._grant.token} {state}>"
+        return f"<Lease {self.backend.id} token={self._grant.token} {state}>"

@@ -6,7 +6,11 @@
         async with pool.lease(request_id, timeout=5.0) as lease:
             ...  # talk to lease.backend; lease.fail() on an upstream failure
 
-The pool owns its waiters; the :class:`~proxyfleet.pool.store.PoolStore` owns backend state.
+The pool owns its waiters and its store (opened and closed with it); the
+:class:`~proxyfleet.pool.store.PoolStore` owns membership and backend state. Waiters are woken
+by the store's change feed, so capacity that appears anywhere (a release in another process of
+a shared store, a join, a quarantine ending) reaches them. Specs, with their credentials, are
+this process's own: the store deals in backend ids.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import asyncio
 import enum
 import math
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,23 +34,24 @@ from proxyfleet.errors import (
 from proxyfleet.pool.backend import BackendSpec
 from proxyfleet.pool.health import HealthPolicy, Outcome
 from proxyfleet.pool.lease import Lease
+from proxyfleet.pool.memory import MemoryStore
 from proxyfleet.pool.selection import Strategy
 from proxyfleet.pool.store import (
     BackendStatus,
+    Change,
     Grant,
-    MemoryStore,
     NoCandidate,
     PoolStore,
     Unavailable,
 )
 
-__all__ = ["Grower", "Pool", "PoolSettings", "PoolState"]
+__all__ = ["DEFAULTS", "Grower", "Pool", "PoolSettings", "PoolState"]
 
 
 class Grower(Protocol):
     """Adds backends when the pool runs out (see :mod:`proxyfleet.orchestrator`)."""
 
-    def demand(self, request_id: str, waiting: int) -> GatewayError | bool:
+    async def demand(self, request_id: str, waiting: int) -> GatewayError | bool:
         """Request ``request_id`` found no free backend; ``waiting`` are queued already.
 
         True: capacity is on its way, wait for it. False: no help from here (wait for a busy
@@ -67,6 +72,8 @@ class PoolState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
+    """How leases are handed out; the defaults are the config's defaults too."""
+
     selection: Strategy = "lru"
     queue_limit: int = 1000
     lease_timeout: float = 30.0
@@ -74,14 +81,24 @@ class PoolSettings:
     cooldown: float = 30.0
 
 
+#: The one source of the pool's defaults (the config model reads them from here).
+DEFAULTS = PoolSettings()
+
+
 class _Waiter:
     __slots__ = ("exclude", "future", "request_id", "since")
 
-    def __init__(self, future: asyncio.Future[Grant], request_id: str, exclude: Collection[str]):
+    def __init__(
+        self,
+        future: asyncio.Future[Grant],
+        request_id: str,
+        exclude: Collection[str],
+        since: float,
+    ) -> None:
         self.future = future
         self.request_id = request_id
         self.exclude = exclude
-        self.since = time.monotonic()
+        self.since = since  # the event loop's clock
 
 
 def _retry_after(seconds: float | None) -> float:
@@ -101,12 +118,15 @@ class _LeaseContext:
         return self._lease
 
     async def __aexit__(self, *exc: Any) -> None:
-        assert self._lease is not None
-        await self._lease.__aexit__(*exc)
+        if self._lease is not None:
+            await self._lease.__aexit__(*exc)
 
 
 class Pool:
-    """Backends leased one request at a time (or up to each backend's ``max_concurrency``)."""
+    """Backends leased one request at a time (or up to each backend's ``max_concurrency``).
+
+    ``backends`` are this process's specs; the store (in memory by default, its health clock
+    ``clock``) starts with them as its members unless it is given already populated."""
 
     def __init__(
         self,
@@ -115,18 +135,25 @@ class Pool:
         store: PoolStore | None = None,
         *,
         elastic: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not backends and not elastic:
             raise ValueError("a pool needs at least one backend")
-        self.settings = settings = settings or PoolSettings()
-        self.backends = tuple(backends)
+        self.settings = settings = settings or DEFAULTS
+        self._specs = {spec.id: spec for spec in backends}
         policy = HealthPolicy(settings.unhealthy_after, settings.cooldown)
-        self._store: PoolStore = store or MemoryStore(self.backends, policy)
+        self._store: PoolStore = store or MemoryStore(
+            [spec.member for spec in backends], policy, clock
+        )
+        self._store.watch(self._changed)
         self._waiters: dict[_Waiter, None] = {}
         self._state = PoolState.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.TimerHandle | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._again = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._seen: Sequence[object] = ()
+        self._backends: tuple[BackendSpec, ...] = ()
         self.grower: Grower | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -137,6 +164,7 @@ class Pool:
     async def __aenter__(self) -> Pool:
         if self._state is not PoolState.NEW:
             raise StateError(f"pool cannot be opened in state {self._state.value}")
+        await self._store.__aenter__()
         self._loop = asyncio.get_running_loop()
         self._state = PoolState.OPEN
         return self
@@ -146,17 +174,61 @@ class Pool:
 
     async def close(self) -> None:
         """Refuse new leases and fail every waiter; leases held keep working until released."""
-        if self._state is PoolState.CLOSED:
+        if self._state is not PoolState.OPEN:
+            self._state = PoolState.CLOSED
             return
         self._state = PoolState.CLOSED
-        if self._wakeup is not None:
-            self._wakeup.cancel()
         for waiter in list(self._waiters):
             if not waiter.future.done():
                 waiter.future.set_exception(PoolClosed("the gateway is shutting down"))
         self._waiters.clear()
-        for task in list(self._tasks):
+        for task in [*self._tasks, *([self._serving] if self._serving else [])]:
             task.cancel()
+        await self._store.__aexit__(None, None, None)
+
+    # -- membership ------------------------------------------------------------------------------
+    @property
+    def backends(self) -> tuple[BackendSpec, ...]:
+        """The specs of the store's members, in the pool's order."""
+        members = self._store.members
+        if members is not self._seen:
+            self._seen = members
+            self._backends = tuple(self.spec(m.id) for m in members)
+        return self._backends
+
+    @property
+    def size(self) -> int:
+        return len(self._store.members)
+
+    def spec(self, backend_id: str) -> BackendSpec:
+        """This process's spec of a member (a credential-free one for a member it never had)."""
+        spec = self._specs.get(backend_id)
+        if spec is None:
+            member = next((m for m in self._store.members if m.id == backend_id), None)
+            if member is None:
+                raise KeyError(backend_id)
+            spec = self._specs[backend_id] = BackendSpec.of_member(member, "store")
+        return spec
+
+    async def add_backend(self, backend: BackendSpec) -> None:
+        """A new backend joins; the first waiter takes it at once."""
+        known = self._specs.get(backend.id)
+        self._specs[backend.id] = backend
+        try:
+            await self._store.add(backend.member)
+        except ValueError:
+            if known is None:
+                del self._specs[backend.id]
+            else:
+                self._specs[backend.id] = known
+            raise
+
+    async def remove_backend(self, backend_id: str) -> bool:
+        """An idle backend leaves; False (and nothing changes) while it is leased."""
+        if not await self._store.remove(backend_id):
+            return False
+        self._specs.pop(backend_id, None)
+        return True
 
     # -- leasing -----------------------------------------------------------------------------
     def lease(
@@ -173,13 +245,12 @@ class Pool:
             if self._state is PoolState.NEW:
                 raise StateError("pool is not open: use 'async with Pool(...)'")
             raise PoolClosed("the gateway is shutting down")
-        store = self._store
         settings = self.settings
         unusable: Unavailable | None = None
         if not self._waiters:
-            result = await store.acquire(settings.selection, exclude, holder=request_id)
+            result = await self._store.acquire(settings.selection, exclude, holder=request_id)
             if isinstance(result, Grant):
-                return Lease(self, result, request_id, 0.0)
+                return Lease(self, result, self.spec(result.backend_id), request_id, 0.0)
             if result.reason is NoCandidate.NONE:
                 if self.grower is None:
                     raise self._no_healthy(result.retry_after)
@@ -190,7 +261,7 @@ class Pool:
                 retry_after=1.0,
             )
         if self.grower is not None:
-            verdict = self.grower.demand(request_id, len(self._waiters))
+            verdict = await self.grower.demand(request_id, len(self._waiters))
             if isinstance(verdict, GatewayError):
                 raise verdict
             if unusable is not None and not verdict:
@@ -199,16 +270,25 @@ class Pool:
             request_id, settings.lease_timeout if timeout is None else timeout, exclude
         )
 
+    async def try_lease(self, backend_id: str, request_id: str) -> Lease | None:
+        """A lease on this very backend if it can take one now (no waiting), else None."""
+        if self._state is not PoolState.OPEN:
+            return None
+        result = await self._store.acquire(
+            self.settings.selection, only=backend_id, holder=request_id
+        )
+        if not isinstance(result, Grant):
+            return None
+        return Lease(self, result, self.spec(backend_id), request_id, 0.0)
+
     async def _wait(self, request_id: str, timeout: float, exclude: Collection[str]) -> Lease:
-        loop = self._loop
-        assert loop is not None
+        loop = asyncio.get_running_loop()
         future: asyncio.Future[Grant] = loop.create_future()
-        waiter = _Waiter(future, request_id, exclude)
+        waiter = _Waiter(future, request_id, exclude, loop.time())
         self._waiters[waiter] = None
         timer = loop.call_later(timeout, self._expire, waiter, timeout)
         if len(self._waiters) == 1 or exclude:
-            await self._serve_waiters()  # capacity may exist for this waiter already
-        self._arm_wakeup()
+            self._kick()  # capacity may exist for this waiter already
         try:
             grant = await future
         except asyncio.CancelledError:
@@ -218,7 +298,8 @@ class Pool:
         finally:
             timer.cancel()
             self._waiters.pop(waiter, None)
-        return Lease(self, grant, request_id, time.monotonic() - waiter.since)
+        spec = self.spec(grant.backend_id)
+        return Lease(self, grant, spec, request_id, loop.time() - waiter.since)
 
     def _expire(self, waiter: _Waiter, timeout: float) -> None:
         if not waiter.future.done():
@@ -226,7 +307,7 @@ class Pool:
             waiter.future.set_exception(
                 LeaseTimeout(
                     f"no backend became free within {timeout:g}s "
-                    f"({len(self.backends)} backends, {len(self._waiters)} still waiting)",
+                    f"({self.size} backends, {len(self._waiters)} still waiting)",
                     retry_after=1.0,
                 )
             )
@@ -239,14 +320,34 @@ class Pool:
 
     async def _release(self, grant: Grant, outcome: Outcome) -> None:
         await self._store.release(grant, outcome)
-        if self._waiters:
-            await self._serve_waiters()
-            self._arm_wakeup()
 
     def _release_later(self, grant: Grant) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._spawn, self._release(grant, Outcome.NEUTRAL))
+
+    # -- waking waiters ------------------------------------------------------------------------
+    def _changed(self, change: Change) -> None:
+        """The change feed: capacity may have appeared; the waiters get another look."""
+        if self._waiters and self._state is PoolState.OPEN:
+            self._kick()
+
+    def _kick(self) -> None:
+        """One pass over the waiters at a time; a change during a pass asks for another."""
+        if self._serving is None:
+            self._serving = asyncio.get_running_loop().create_task(self._serve_passes())
+        else:
+            self._again = True
+
+    async def _serve_passes(self) -> None:
+        try:
+            while True:
+                self._again = False
+                await self._serve_waiters()
+                if not self._again:
+                    return
+        finally:
+            self._serving = None
 
     async def _serve_waiters(self) -> None:
         store, strategy = self._store, self.settings.selection
@@ -270,58 +371,14 @@ class Pool:
             elif not waiter.exclude:
                 break  # nothing free at all: later waiters cannot be served either
 
-    def _arm_wakeup(self) -> None:
-        """Wake the waiters when a quarantine ends, so a cooled backend can take a probe."""
-        if not self._waiters or self._loop is None:
-            return
-        delay = self._store.next_wakeup()
-        if delay is None:
-            return
-        if self._wakeup is not None:
-            self._wakeup.cancel()
-        self._wakeup = self._loop.call_later(delay + 0.001, self._on_wakeup)
-
-    def _on_wakeup(self) -> None:
-        self._wakeup = None
-        self._spawn(self._serve_and_rearm())
-
-    async def _serve_and_rearm(self) -> None:
-        await self._serve_waiters()
-        self._arm_wakeup()
-
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def try_lease(self, backend_id: str, request_id: str) -> Lease | None:
-        """A lease on this very backend if it can take one now (no waiting), else None."""
-        if self._state is not PoolState.OPEN:
-            return None
-        result = await self._store.acquire(
-            self.settings.selection, only=backend_id, holder=request_id
-        )
-        return Lease(self, result, request_id, 0.0) if isinstance(result, Grant) else None
-
-    # -- elastic membership ----------------------------------------------------------------------
-    async def add_backend(self, backend: BackendSpec) -> None:
-        """A new backend joins; the first waiter takes it at once."""
-        await self._store.add(backend)
-        self.backends = (*self.backends, backend)
-        if self._waiters:
-            await self._serve_waiters()
-            self._arm_wakeup()
-
-    async def remove_backend(self, backend_id: str) -> bool:
-        """An idle backend leaves; False (and nothing changes) while it is leased."""
-        if not await self._store.remove(backend_id):
-            return False
-        self.backends = tuple(b for b in self.backends if b.id != backend_id)
-        return True
-
-    def fail_waiters(self, error: GatewayError) -> int:
+    async def fail_waiters(self, error: GatewayError) -> int:
         """Fail every waiter with ``error`` when no backend could serve them; returns how many."""
-        if self.ready():
+        if await self.ready():
             return 0
         failed = 0
         for waiter in list(self._waiters):
@@ -333,26 +390,24 @@ class Pool:
 
     # -- operations ----------------------------------------------------------------------------
     async def drain(self, backend_id: str, draining: bool = True) -> None:
-        if backend_id not in {b.id for b in self.backends}:
+        if backend_id not in {m.id for m in self._store.members}:
             raise KeyError(backend_id)
         await self._store.set_draining(backend_id, draining)
-        if not draining and self._waiters:
-            await self._serve_waiters()
 
-    def snapshot(self) -> list[BackendStatus]:
-        return self._store.snapshot()
+    async def snapshot(self) -> list[BackendStatus]:
+        return await self._store.snapshot()
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     def queue(self) -> list[dict[str, object]]:
-        now = time.monotonic()
+        now = self._loop.time() if self._loop is not None else 0.0
         return [
             {"request_id": w.request_id, "waited_seconds": round(now - w.since, 3)}
             for w in self._waiters
         ]
 
-    def ready(self) -> bool:
+    async def ready(self) -> bool:
         """True when at least one backend could serve (now or after the current leases)."""
-        return any(s.state in ("idle", "busy", "half_open") for s in self._store.snapshot())
+        return any(s.state.usable for s in await self._store.snapshot())

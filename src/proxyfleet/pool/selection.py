@@ -8,11 +8,13 @@ the lowest load (in-flight / cap), ties going to the least recently used.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar, get_args
 
-__all__ = ["Candidate", "Strategy", "choose"]
+__all__ = ["STRATEGIES", "Candidate", "Strategy", "choose"]
 
 Strategy = Literal["lru", "round-robin", "least-busy"]
+#: The choices, in the order help texts list them (the one source: config and CLI read it).
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 class Candidate(Protocol):

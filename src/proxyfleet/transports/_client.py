@@ -3,7 +3,8 @@
 It does what forwarding needs and nothing else (no cookies, redirects, decompression or
 tracing): write the request in one call, hand back status and raw headers, then the body piece
 by piece as it arrives. Measured against aiohttp's client in ``bench/``, it is the difference
-between the gateway's overhead and the upstream's.
+between the gateway's overhead and the upstream's. Connect failures and timeouts are raised as
+:class:`~proxyfleet.errors.UpstreamError` / :class:`~proxyfleet.errors.UpstreamTimeout`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from proxyfleet.errors import StateError
-from proxyfleet.upstream._connection import Connection, UpstreamClosed, UpstreamProtocolError
+from proxyfleet.errors import StateError, UpstreamClosed, UpstreamError, UpstreamTimeout
+from proxyfleet.transports._connection import Connection
 
-__all__ = [
-    "Origin",
-    "UpstreamClient",
-    "UpstreamClosed",
-    "UpstreamProtocolError",
-    "UpstreamResponse",
-]
+__all__ = ["Credentials", "Origin", "UpstreamClient", "UpstreamResponse"]
+
+#: Headers a backend adds to every request (its credentials), and the lowercased names of
+#: the client headers they replace.
+Credentials = tuple[tuple[tuple[str, str], ...], frozenset[str]]
+_NONE: Credentials = ((), frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,20 +170,24 @@ class UpstreamClient:
         target: str,
         headers: Mapping[str, str],
         body: bytes = b"",
+        credentials: Credentials = _NONE,
     ) -> UpstreamResponse:
-        """Send ``method target`` (target = path + query, under the origin's base path)."""
+        """Send ``method target`` (target = path + query, under the origin's base path), with
+        the client's ``headers`` (lowercase names) and the backend's ``credentials`` on top."""
         if self._state is not _State.OPEN:
             raise StateError("the upstream client is closed")
-        head = _request_head(origin, method, target, headers, body)
+        head = _request_head(origin, method, target, headers, credentials, body)
         payload = head + body if body else head
         head_only = method == "HEAD"
         conn, reused = await self._connection(origin)
         try:
             conn.send(payload, head_only, self._read_timeout)
             await conn.headers_done()
-        except (UpstreamClosed, ConnectionResetError, BrokenPipeError):
+        except (UpstreamClosed, ConnectionResetError, BrokenPipeError) as exc:
             conn.close()
             if not (reused and not conn.received_any):
+                if isinstance(exc, OSError):
+                    raise UpstreamClosed(f"connection lost: {type(exc).__name__}") from exc
                 raise
             # The origin closed an idle keep-alive connection just as we used it: nothing was
             # received, so the request never reached an application; send it once more.
@@ -214,14 +218,19 @@ class UpstreamClient:
         context = None
         if origin.scheme == "https":
             context = self._ssl or ssl.create_default_context()
-        async with asyncio.timeout(self._connect_timeout):
-            _, conn = await loop.create_connection(
-                lambda: Connection(loop, self._lost),
-                origin.host,
-                origin.port,
-                ssl=context,
-                server_hostname=origin.host if context else None,
-            )
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(loop, self._lost),
+                    origin.host,
+                    origin.port,
+                    ssl=context,
+                    server_hostname=origin.host if context else None,
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"no connection within {self._connect_timeout:g}s") from exc
+        except OSError as exc:
+            raise UpstreamError(type(exc).__name__) from exc
         self._live.add(conn)
         self._keys[id(conn)] = key
         return conn, False
@@ -248,13 +257,22 @@ class UpstreamClient:
 
 
 def _request_head(
-    origin: Origin, method: str, target: str, headers: Mapping[str, str], body: bytes
+    origin: Origin,
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    credentials: Credentials,
+    body: bytes,
 ) -> bytes:
     lines = [
         f"{method} {origin.base_path}{target} HTTP/1.1\r\n".encode("latin-1"),
         b"host: " + origin.host_header + b"\r\n",
     ]
+    own, replaced = credentials
     for name, value in headers.items():
+        if name not in replaced:
+            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    for name, value in own:
         lines.append(f"{name}: {value}\r\n".encode("latin-1"))
     if body or method in ("POST", "PUT", "PATCH"):
         lines.append(b"content-length: %d\r\n" % len(body))

@@ -1,4 +1,5 @@
-"""Small ASGI helpers: types, JSON answers, errors in the OpenAI shape, bounded body reads."""
+"""Small ASGI helpers shared by the gateway and the MCP routes: types, JSON answers, errors in
+the OpenAI shape, bounded body reads."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from proxyfleet.errors import ClientGone, GatewayError, PayloadTooLarge
 
 __all__ = [
+    "Message",
     "Receive",
     "Scope",
     "Send",

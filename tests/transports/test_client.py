@@ -7,10 +7,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from proxyfleet.errors import StateError
+from proxyfleet.errors import (
+    StateError,
+    UpstreamClosed,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from proxyfleet.mock.runner import running_mock
 from proxyfleet.mock.server import MockSettings
-from proxyfleet.upstream import Origin, UpstreamClient, UpstreamClosed, UpstreamProtocolError
+from proxyfleet.transports._client import Origin, UpstreamClient
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -129,8 +135,9 @@ async def test_broken_upstreams_raise_connection_errors(client: UpstreamClient) 
         with pytest.raises(UpstreamClosed):
             await response.read()
         response.close()
-    with pytest.raises(ConnectionRefusedError):
+    with pytest.raises(UpstreamError, match="ConnectionRefusedError") as refused:
         await client.request(Origin.parse("http://127.0.0.1:1/v1"), "GET", "/x", {})
+    assert isinstance(refused.value.__cause__, ConnectionRefusedError)
 
 
 async def test_silence_is_a_timeout() -> None:
@@ -141,7 +148,7 @@ async def test_silence_is_a_timeout() -> None:
 
     server, origin = await _raw_server(silent)
     async with server, UpstreamClient(read_timeout=0.2) as client:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(UpstreamTimeout):
             await client.request(origin, "GET", "/x", {})
         await asyncio.sleep(0.01)  # the aborted transport reports its loss on the next turn
         assert client.open_connections == 0

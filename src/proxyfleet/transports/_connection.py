@@ -2,7 +2,9 @@
 
 A connection carries one request at a time (no pipelining). The body arrives through
 ``on_body`` into a buffer that the reader drains; reading is paused above a high-water mark so
-a slow client never makes the gateway buffer an upstream's whole answer.
+a slow client never makes the gateway buffer an upstream's whole answer. What goes wrong is
+raised as our own errors: :class:`~proxyfleet.errors.UpstreamClosed`,
+:class:`~proxyfleet.errors.UpstreamProtocolError`, :class:`~proxyfleet.errors.UpstreamTimeout`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,11 @@ from typing import cast
 
 import httptools
 
-__all__ = ["Connection", "UpstreamClosed", "UpstreamProtocolError"]
+from proxyfleet.errors import UpstreamClosed, UpstreamProtocolError, UpstreamTimeout
+
+__all__ = ["Connection"]
 
 _HIGH_WATER = 256 * 1024
-
-
-class UpstreamClosed(ConnectionError):
-    """The upstream closed the connection before the answer was complete."""
-
-
-class UpstreamProtocolError(ConnectionError):
-    """The upstream sent something that is not HTTP/1.1."""
 
 
 class Connection(asyncio.Protocol):
@@ -134,7 +130,7 @@ class Connection(asyncio.Protocol):
             start = self._loop.time() if self._paused else self._last_data
             self._timer = self._loop.call_at(start + self._read_timeout, self._check_silence)
             return
-        self._fail(TimeoutError(f"upstream silent for {self._read_timeout:g}s"))
+        self._fail(UpstreamTimeout(f"upstream silent for {self._read_timeout:g}s"))
 
     def _disarm(self) -> None:
         if self._timer is not None:

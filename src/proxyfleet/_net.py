@@ -1,0 +1,40 @@
+"""Listening sockets and descriptor limits, shared by the gateway, the mocks and the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import resource
+import socket
+
+from proxyfleet.errors import ListenError
+
+__all__ = ["bind", "raise_fd_limit"]
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one: every connection costs descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+    return soft
+
+
+def bind(host: str, port: int, what: str = "gateway") -> socket.socket:
+    """A listening socket, or a ListenError that says what is wrong and what to do."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=4096)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"{what}: port {port} on {host} is already in use by another process; "
+                "stop it or choose another port with --port"
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise ListenError(f"{what}: not allowed to listen on {host}:{port}") from exc
+        raise ListenError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,161 @@
+"""Forward one HTTP request to a leased backend and its answer to the client.
+
+A failure (cannot connect, timeout, 5xx) before anything was sent to the client is retried on
+another backend through :class:`~proxyfleet.gateway.failover.Failover`; a 429 moves on without
+counting against the backend's health. Once bytes have gone to the client the request is
+never retried: a broken event stream ends with an SSE ``error`` event the client can parse,
+any other body is left incomplete so the client sees the truncation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from proxyfleet._asgi import Send, sse_error
+from proxyfleet.debuglog.recorder import DebugRecorder
+from proxyfleet.errors import GatewayError, UpstreamError, UpstreamTimeout
+from proxyfleet.gateway.failover import RETRY_STATUSES, Failover, Retry
+from proxyfleet.gateway.recording import Recording
+from proxyfleet.gateway.rules import response_headers
+from proxyfleet.orchestrator.events import StreamEvents
+from proxyfleet.pool import Lease
+from proxyfleet.transports import Exchange, Request, Transport
+
+__all__ = ["Forwarder", "StreamBroken", "Transform"]
+
+
+class StreamBroken(Exception):
+    """A non-SSE body broke after it started: the response is left incomplete on purpose."""
+
+
+class Transform(Protocol):
+    """Turns a successful upstream answer into another shape (see :mod:`.translate`)."""
+
+    upstream_headers: Mapping[str, str]
+
+    async def deliver(
+        self, send: Send, exchange: Exchange, lease: Lease, recording: Recording
+    ) -> None: ...
+
+
+class Forwarder:
+    def __init__(
+        self,
+        failover: Failover,
+        *,
+        debug: DebugRecorder | None = None,
+        events: StreamEvents | None = None,
+    ) -> None:
+        self._failover = failover
+        self._debug = debug
+        self._events = events
+
+    async def forward(
+        self,
+        request: Request,
+        recording: Recording,
+        send: Send,
+        transform: Transform | None = None,
+    ) -> None:
+        """Serve the request through the pool, answering through ``send`` (the recording's, or
+        a wrapper of it); raises GatewayError if nothing was sent.
+
+        With a ``transform``, a 200 answer is delivered by it (translated) instead of as is."""
+
+        async def attempt(lease: Lease, transport: Transport, last: bool) -> None:
+            await self._attempt(request, recording, send, transform, lease, transport, last)
+
+        await self._failover.run(recording.rid, attempt, recording)
+
+    async def _attempt(
+        self,
+        request: Request,
+        recording: Recording,
+        send: Send,
+        transform: Transform | None,
+        lease: Lease,
+        transport: Transport,
+        last: bool,
+    ) -> None:
+        backend = lease.backend
+        try:
+            exchange = await transport.handle(backend, request)
+        except UpstreamError as exc:
+            lease.fail()
+            self._note(recording.rid, backend.id, exc)
+            raise Retry(exc) from exc
+        try:
+            await self._deliver(send, exchange, lease, recording, transform, last)
+        except BaseException:
+            exchange.close()
+            raise
+        exchange.release()
+
+    def _note(self, rid: str, backend: str, exc: BaseException) -> None:
+        if self._debug is not None:
+            self._debug.error(rid, "upstream", "request", exc, backend=backend)
+
+    async def _deliver(
+        self,
+        send: Send,
+        exchange: Exchange,
+        lease: Lease,
+        recording: Recording,
+        transform: Transform | None,
+        last: bool,
+    ) -> None:
+        status = exchange.status
+        backend = lease.backend.id
+        if status >= 500:
+            lease.fail()
+        if status in RETRY_STATUSES and not last:
+            raise Retry(UpstreamError(f"backend {backend} answered {status}"))
+        if self._events is not None:
+            await self._events.started(recording.rid, lease.backend)
+        if transform is not None and status == 200:
+            await transform.deliver(send, exchange, lease, recording)
+            return
+        headers = response_headers(exchange.headers, recording.rid.encode())
+        sse = exchange.content_type == b"text/event-stream"
+        if exchange.content_length is not None and not sse:
+            try:
+                payload = await exchange.read()
+            except UpstreamError as exc:
+                lease.fail()
+                error = UpstreamError(f"backend {backend} broke off")
+                if last:
+                    raise error from exc
+                raise Retry(error) from exc
+            headers.append((b"content-length", str(len(payload)).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._pump(send, exchange, lease, recording)
+
+    async def _pump(
+        self, send: Send, exchange: Exchange, lease: Lease, recording: Recording
+    ) -> None:
+        """Chunk by chunk, as it arrives. A broken upstream ends an SSE stream with an ``error``
+        event; any other body is left incomplete, so the client sees the truncation."""
+        try:
+            while (chunk := await exchange.next_chunk()) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            lease.fail()
+            timeout = isinstance(exc, UpstreamTimeout)
+            recording.broken = "timeout" if timeout else "upstream_error"
+            self._note(recording.rid, lease.backend.id, exc)
+            backend = lease.backend.id
+            error: GatewayError = (
+                UpstreamTimeout(f"backend {backend} went silent mid-stream")
+                if timeout
+                else UpstreamError(f"backend {backend} broke off mid-stream")
+            )
+            error.code = "upstream_stream_broken"
+            if not recording.sse:
+                raise StreamBroken(error.message) from exc
+            await send({"type": "http.response.body", "body": sse_error(error), "more_body": False})
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,234 @@
+"""The OpenAI routes: every ``/v1/...`` HTTP request, proxied through the pool.
+
+``/v1/chat/completions`` and ``/v1/responses`` must be JSON objects (with ``provider: chat``
+the latter is translated to a chat completion); ``/v1/models`` comes from the config or a
+cached upstream answer; any other path goes to the same path under the backend's base URL.
+What the response was is recorded once (:class:`~proxyfleet.gateway.recording.Recording`)
+and reported when the request is finished: metrics, the access log, stream events for an
+orchestrator, debug mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proxyfleet._asgi import Receive, Scope, Send, read_body, send_error, sse_error
+from proxyfleet.debuglog.requests import RequestLog
+from proxyfleet.errors import (
+    BadRequest,
+    ClientGone,
+    GatewayError,
+    NoHealthyBackend,
+    PoolClosed,
+)
+from proxyfleet.gateway.admission import Admission
+from proxyfleet.gateway.auth import ClientAuth
+from proxyfleet.gateway.forward import Forwarder, StreamBroken, Transform
+from proxyfleet.gateway.metrics import GatewayMetrics
+from proxyfleet.gateway.models import Models
+from proxyfleet.gateway.recording import Recording
+from proxyfleet.gateway.rules import forwarded_headers, header, request_id, upstream_path
+from proxyfleet.gateway.translate import ChatToResponses
+from proxyfleet.logs import event
+from proxyfleet.orchestrator.events import StreamEvents
+from proxyfleet.providers.request import TranslateOptions, dumps, responses_to_chat
+from proxyfleet.providers.response import ResponseShape
+from proxyfleet.transports import Request
+
+__all__ = ["OpenAIRoutes"]
+
+_log = logging.getLogger("proxyfleet.gateway")
+_ROUTES = {
+    "/v1/chat/completions": "chat_completions",
+    "/v1/responses": "responses",
+    "/v1/models": "models",
+}
+_JSON_ROUTES = frozenset({"chat_completions", "responses"})
+
+
+class OpenAIRoutes:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        *,
+        auth: ClientAuth,
+        admission: Admission,
+        metrics: GatewayMetrics,
+        models: Models,
+        body_limit: int,
+        pool_size: Callable[[], int],
+        translate: TranslateOptions | None = None,
+        events: StreamEvents | None = None,
+        debug: RequestLog | None = None,
+        access_log: bool = False,
+    ) -> None:
+        self._forwarder = forwarder
+        self._auth = auth
+        self._admission = admission
+        self._metrics = metrics
+        self._models = models
+        self._body_limit = body_limit
+        self._pool_size = pool_size
+        self._translate = translate
+        self._events = events
+        self._debug = debug
+        self._access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        rid = request_id(header(scope, b"x-request-id"))
+        recording = Recording(send, rid, time.perf_counter())
+        if self._debug is not None:
+            recording.on_stream = self._debug.stream_started
+        route = _ROUTES.get(path, "passthrough")
+        admitted = False
+        try:
+            self._auth.authorize(scope)
+            self._admission.enter()
+            admitted = True
+            await self._serve(scope, receive, path, route, recording)
+        except GatewayError as error:
+            if not recording.answered:
+                await send_error(recording.send, error, rid.encode())
+            if self._debug is not None and isinstance(error, NoHealthyBackend):
+                self._debug.recorder.no_healthy_backend(rid, self._pool_size())
+        except ClientGone:
+            recording.gone = True
+        except StreamBroken:
+            pass  # the response is left incomplete on purpose; the client sees the truncation
+        except Exception:
+            _log.exception("request %s failed inside the gateway", rid)
+            if self._debug is not None:
+                self._debug.recorder.error(
+                    rid, "gateway", "request", sys.exc_info()[1] or Exception()
+                )
+            if not recording.answered:
+                internal = GatewayError("internal error in the gateway")
+                await send_error(recording.send, internal, rid.encode())
+        except asyncio.CancelledError:
+            # The server cancels what is left when the drain grace runs out: say so, and end.
+            await _cancelled(recording)
+        finally:
+            if admitted:
+                self._admission.leave()
+            self._finished(scope, path, route, recording)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, path: str, route: str, recording: Recording
+    ) -> None:
+        tail = upstream_path(path, scope.get("raw_path"), scope["query_string"])
+        body = await read_body(scope, receive, self._body_limit)
+        method = scope["method"]
+        transform: Transform | None = None
+        if route in _JSON_ROUTES and method == "POST":
+            data = _check_json(body)
+            if route == "responses" and self._translate is not None:
+                tail, body, transform = self._to_chat(data, recording.rid)
+        send: Send = recording.send
+        if route == "models" and method == "GET":
+            if await self._models.answer(send, recording.rid):
+                return
+            send = self._models.caching(send)
+        headers = forwarded_headers(
+            scope["headers"],
+            recording.rid,
+            strip_client_auth=self._auth.enabled,
+            extra=None if transform is None else transform.upstream_headers,
+        )
+        request = Request(method, tail, headers, body)
+        await self._forward_watched(receive, request, recording, send, transform)
+
+    def _to_chat(self, data: dict[str, Any], rid: str) -> tuple[str, bytes, Transform]:
+        """``provider: chat``: the Responses request as a Chat Completions one."""
+        options = self._translate
+        assert options is not None  # only called when translating
+        chat = responses_to_chat(data, options)
+        if chat.dropped:
+            event(_log, "translation_dropped", logging.DEBUG, request_id=rid, fields=chat.dropped)
+        shape = ResponseShape.of(data, f"resp_{rid}", int(time.time()))
+        return "/chat/completions", dumps(chat.body), ChatToResponses(shape, chat.stream)
+
+    async def _forward_watched(
+        self,
+        receive: Receive,
+        request: Request,
+        recording: Recording,
+        send: Send,
+        transform: Transform | None,
+    ) -> None:
+        """Forward, cancelling everything (and freeing the lease) the moment the client leaves."""
+        task = asyncio.current_task()
+        assert task is not None  # we run inside the server's request task
+        gone = False
+
+        def on_message(watcher: asyncio.Future[Any]) -> None:
+            nonlocal gone
+            if recording.complete or watcher.cancelled() or watcher.exception() is not None:
+                return
+            if watcher.result().get("type") == "http.disconnect":
+                gone = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(on_message)
+        try:
+            await self._forwarder.forward(request, recording, send, transform)
+        except asyncio.CancelledError:
+            if gone:
+                task.uncancel()
+                raise ClientGone() from None
+            raise
+        finally:
+            recording.complete = True
+            if not watcher.done():
+                watcher.cancel()
+
+    def _finished(self, scope: Scope, path: str, route: str, recording: Recording) -> None:
+        elapsed = time.perf_counter() - recording.started
+        self._metrics.observe(route, recording.shown_status, elapsed)
+        if self._events is not None:
+            self._events.ended(recording.rid, recording.end_reason())
+        if self._debug is not None:
+            self._debug.finished(scope["method"], path, recording, elapsed, self._pool_size())
+        if self._access_log:
+            event(
+                _log,
+                "request",
+                method=scope["method"],
+                path=path,
+                status=recording.shown_status,
+                request_id=recording.rid,
+                backend=recording.backend,
+                bytes=recording.bytes,
+                duration_ms=round(elapsed * 1000, 2),
+            )
+
+
+async def _cancelled(recording: Recording) -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    error = PoolClosed("the gateway is shutting down; retry", retry_after=1.0)
+    with contextlib.suppress(OSError, RuntimeError):
+        if not recording.answered:
+            await send_error(recording.send, error, recording.rid.encode())
+        elif recording.sse and not recording.complete:
+            await recording.send({"type": "http.response.body", "body": sse_error(error)})
+
+
+def _check_json(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    return data
