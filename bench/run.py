@@ -1,6 +1,7 @@
 """proxyfleet benchmark: requests/s and latency through proxyfleet vs nginx, in the same run.
 
     uv run python bench/run.py [--duration 8] [--connections 64] [--backends 64]
+    uv run python bench/run.py --only throughput --baseline HEAD~3   # this tree vs a commit
 
 Layout (2 cores): the proxy under test (nginx or proxyfleet) is pinned to core 0; the load
 generator (wrk) and the upstream (nginx serving fixed answers) share core 1, so the upstream is
@@ -11,6 +12,9 @@ connection, RSS per idle streaming connection with ``--hold`` streams open, debu
 overhead (requests per CPU-second of debug-off and debug-on gateways loaded at once, for the
 default settings and with every request recorded, the encoder process's CPU per request, and
 instructions per request counted by valgrind when it is installed) and the MCP latencies.
+With ``--baseline REV`` the gateway of that commit (its ``src/`` checked out into the bench's
+directory, run with the same environment) is measured too, in the same interleaved rounds, so
+a change's cost shows as two ratios against the same nginx.
 Only loopback addresses are used; every run is bounded by ``--duration`` or by a request count.
 """
 
@@ -335,9 +339,15 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        choices=("all", "debug", "mcp"),
+        choices=("all", "throughput", "debug", "mcp"),
         default="all",
-        help="'debug': only the debug-mode overhead pairs; 'mcp': only the MCP latencies",
+        help="'throughput': only the req/s table and its ratios; 'debug': only the debug-mode "
+        "overhead pairs; 'mcp': only the MCP latencies",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the gateway of this git commit, interleaved with this tree's",
     )
     parser.add_argument(
         "--valgrind-requests",
@@ -390,31 +400,52 @@ def main() -> int:
     py = sys.executable
     env = dict(os.environ)
     d, c = args.duration, args.connections
-    if args.only != "all":
+    base_port = free_port()
+    baseline_env = None if args.baseline is None else checkout(args.baseline, work, env)
+    if args.only in ("debug", "mcp"):
         print(only(args, work, nginx, up_port, config, lua, py, env))
         shutil.rmtree(work, ignore_errors=True)
         return 0
     rows: dict[str, dict[str, Result]] = {"non-streaming": {}, "streaming": {}}
     ratios: dict[str, list[float]] = {}
     paths = {"non-streaming": REQ_PATH, "streaming": "/v1/stream/completions"}
-    with (
-        process(
-            pinned_nginx("1", nginx, work, str(work / "upstream.conf")),
-            work / "upstream.log",
-        ),
-        process(
-            pinned_nginx("0", nginx, work, str(work / "proxy.conf")),
-            work / "nginx.log",
-        ),
-        process(
-            pinned_proxyfleet("0", py, "serve", "-c", str(work / "proxyfleet.yaml")),
-            work / "proxyfleet.log",
-            env,
-        ),
-    ):
-        for port in (up_port, nginx_port, pf_port):
-            wait_port(port)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            process(
+                pinned_nginx("1", nginx, work, str(work / "upstream.conf")),
+                work / "upstream.log",
+            )
+        )
+        stack.enter_context(
+            process(pinned_nginx("0", nginx, work, str(work / "proxy.conf")), work / "nginx.log")
+        )
+        stack.enter_context(
+            process(
+                pinned_proxyfleet("0", py, "serve", "-c", str(work / "proxyfleet.yaml")),
+                work / "proxyfleet.log",
+                env,
+            )
+        )
         targets = {"direct": up_port, "nginx": nginx_port, "proxyfleet": pf_port}
+        if baseline_env is not None:
+            stack.enter_context(
+                process(
+                    pinned_proxyfleet(
+                        "0",
+                        py,
+                        "serve",
+                        "-c",
+                        str(work / "proxyfleet.yaml"),
+                        "--port",
+                        str(base_port),
+                    ),
+                    work / "baseline.log",
+                    baseline_env,
+                )
+            )
+            targets["baseline"] = base_port
+        for port in targets.values():
+            wait_port(port)
         for port in targets.values():  # warm up every path
             wrk(f"http://127.0.0.1:{port}{paths['non-streaming']}", lua, c, 1)
         for mode, path in paths.items():
@@ -423,9 +454,14 @@ def main() -> int:
                 for name, port in targets.items():
                     samples[name].append(wrk(f"http://127.0.0.1:{port}{path}", lua, c, d))
             rows[mode] = {name: _median(results) for name, results in samples.items()}
-            ratios[mode] = sorted(
-                p.rps / n.rps for p, n in zip(samples["proxyfleet"], samples["nginx"], strict=True)
-            )
+            for name in targets.keys() - {"direct", "nginx"}:
+                ratios[f"{name}/nginx, {mode}"] = sorted(
+                    p.rps / n.rps for p, n in zip(samples[name], samples["nginx"], strict=True)
+                )
+        if args.only == "throughput":
+            print_table(rows, ratios, c, d, args)
+            shutil.rmtree(work, ignore_errors=True)
+            return 0
         single = {
             name: wrk(f"http://127.0.0.1:{port}{paths['non-streaming']}", lua, 1, d / 2)
             for name, port in targets.items()
@@ -438,24 +474,7 @@ def main() -> int:
         overhead += "\n" + debug_instructions(
             work, config, py, env, free_port(), REQUEST, args.valgrind_requests
         )
-    print(
-        f"\nproxyfleet bench: {c} connections, {d:g}s per run, {args.rounds} interleaved rounds "
-        f"(medians shown), proxies on core 0, wrk + upstream nginx on core 1, "
-        f"pool of {args.backends} single-flight backends\n"
-    )
-    print(f"{'mode':15} {'target':11} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
-    for mode, results in rows.items():
-        for name, r in results.items():
-            print(
-                f"{mode:15} {name:11} {r.rps:10.0f} {r.p50_ms:9.2f} {r.p99_ms:9.2f} {r.errors:7d}"
-            )
-    print()
-    for mode, values in ratios.items():
-        middle = values[len(values) // 2]
-        print(
-            f"ratio proxyfleet/nginx, {mode}: {middle:.3f}  "
-            f"(rounds: {', '.join(f'{v:.3f}' for v in values)})"
-        )
+    print_table(rows, ratios, c, d, args)
     base = single["direct"].p50_ms
     print(
         f"p50 added latency at 1 connection: nginx {single['nginx'].p50_ms - base:+.3f} ms, "
@@ -471,6 +490,48 @@ def main() -> int:
     print("\n".join(mcp_figures(work, free_port(), free_port(), args.mcp_sessions, args.mcp_calls)))
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def checkout(rev: str, work: Path, env: dict[str, str]) -> dict[str, str]:
+    """``src/`` of commit ``rev`` under the bench's directory; the environment that runs it."""
+    repo = Path(__file__).resolve().parent.parent
+    target = work / "baseline"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev, "src"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    described = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", rev], capture_output=True, text=True
+    ).stdout.strip()
+    print(f"baseline: {rev} ({described}) from {target / 'src'}", flush=True)
+    return {**env, "PYTHONPATH": str(target / "src")}
+
+
+def print_table(
+    rows: dict[str, dict[str, Result]],
+    ratios: dict[str, list[float]],
+    connections: int,
+    duration: float,
+    args: argparse.Namespace,
+) -> None:
+    print(
+        f"\nproxyfleet bench: {connections} connections, {duration:g}s per run, {args.rounds} "
+        f"interleaved rounds (medians shown), proxies on core 0, wrk + upstream nginx on core "
+        f"1, pool of {args.backends} single-flight backends\n"
+    )
+    print(f"{'mode':15} {'target':11} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
+    for mode, results in rows.items():
+        for name, r in results.items():
+            print(
+                f"{mode:15} {name:11} {r.rps:10.0f} {r.p50_ms:9.2f} {r.p99_ms:9.2f} {r.errors:7d}"
+            )
+    print()
+    for what, values in sorted(ratios.items(), key=lambda item: item[0].split(", ")[::-1]):
+        middle = values[len(values) // 2]
+        print(f"ratio {what}: {middle:.3f}  (rounds: {', '.join(f'{v:.3f}' for v in values)})")
 
 
 def only(

@@ -8,19 +8,25 @@ __all__ = ["Admission"]
 
 
 class Admission:
-    """Counts requests (and WebSocket sessions) in flight; beyond ``limit``, 503."""
+    """Counts requests (and WebSocket sessions) in flight; beyond ``limit``, 503.
 
-    __slots__ = ("_limit", "active")
+    The hot path reads ``active`` and ``limit`` itself and calls :meth:`refuse` when full (a
+    method call less per request); everything else uses :meth:`enter`."""
+
+    __slots__ = ("active", "limit")
 
     def __init__(self, limit: int) -> None:
-        self._limit = limit
+        self.limit = limit
         self.active = 0
 
+    def refuse(self) -> Overloaded:
+        return Overloaded(
+            f"{self.active} requests in flight (server.max_sessions)", retry_after=1.0
+        )
+
     def enter(self) -> None:
-        if self.active >= self._limit:
-            raise Overloaded(
-                f"{self.active} requests in flight (server.max_sessions)", retry_after=1.0
-            )
+        if self.active >= self.limit:
+            raise self.refuse()
         self.active += 1
 
     def leave(self) -> None:

@@ -55,10 +55,24 @@ class GatewayState(enum.Enum):
     STOPPED = "stopped"
 
 
+Routed = Callable[[Scope, Receive, Send, str], Coroutine[Any, Any, None]]
+OpsHandler = Callable[[Scope, Send, str], Coroutine[Any, Any, None]]
+
+
 async def _not_serving(scope: Scope, receive: Receive, send: Send) -> None:
     """Before start (and after stop) there is nothing to serve with."""
     if scope["type"] == "http":
         await send_error(send, PoolClosed("the gateway is not serving", retry_after=1.0))
+    else:
+        await send({"type": "websocket.close", "code": 1013, "reason": "not serving"})
+
+
+async def _not_serving_path(scope: Scope, receive: Receive, send: Send, path: str) -> None:
+    await _not_serving(scope, receive, send)
+
+
+async def _not_serving_ops(scope: Scope, send: Send, path: str) -> None:
+    await send_error(send, PoolClosed("the gateway is not serving", retry_after=1.0))
 
 
 def _translation(config: Config) -> TranslateOptions | None:
@@ -109,7 +123,9 @@ class Gateway:
         self.started_at = time.time()
         self._transports = transports
         self._stack = AsyncExitStack()
-        self._http: Handler = _not_serving
+        self._auth = ClientAuth(None)
+        self._openai: Routed = _not_serving_path
+        self._ops: OpsHandler = _not_serving_ops
         self._websocket: Handler = _not_serving
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -117,15 +133,14 @@ class Gateway:
         if self.state is not GatewayState.NEW:
             raise StateError(f"gateway cannot start in state {self.state.value}")
         config, stack = self.config, self._stack
-        auth = ClientAuth.from_file(config.server.auth_keys_file)
+        auth = self._auth = ClientAuth.from_file(config.server.auth_keys_file)
         given = self._transports or {
             "http": HttpTransport(
                 connect_timeout=config.upstream.connect_timeout,
                 read_timeout=config.upstream.read_timeout,
             )
         }
-        transports = Transports(given)
-        stack.push_async_callback(transports.aclose)
+        transports = await stack.enter_async_context(Transports(given))
         await stack.enter_async_context(self.pool)
         recorder = None
         if config.debug.enabled:
@@ -139,33 +154,30 @@ class Gateway:
         models = config.server.models
         if not models and translate is not None:
             models = tuple(config.pool.provider.model_map)
-        self._http = self._router(
-            OpenAIRoutes(
-                Forwarder(failover, debug=recorder, events=events),
-                auth=auth,
-                admission=self.admission,
-                metrics=self.metrics,
-                models=Models(models, config.server.models_cache_ttl),
-                body_limit=config.server.max_body_bytes,
-                pool_size=lambda: self.pool.size,
-                translate=translate,
-                events=events,
-                debug=debug,
-                access_log=config.log.access,
-            ),
-            Operations(
-                config,
-                self.pool,
-                self.metrics,
-                self.readiness,
-                auth=auth,
-                admission=self.admission,
-                mcp=self.mcp,
-                elastic=self.elastic,
-                started_at=self.started_at,
-            ),
-            auth,
+        self._openai = OpenAIRoutes(
+            Forwarder(failover, debug=recorder, events=events),
+            auth=auth,
+            admission=self.admission,
+            metrics=self.metrics,
+            models=Models(models, config.server.models_cache_ttl),
+            body_limit=config.server.max_body_bytes,
+            pool_size=lambda: self.pool.size,
+            translate=translate,
+            events=events,
+            debug=debug,
+            access_log=config.log.access,
         )
+        self._ops = Operations(
+            config,
+            self.pool,
+            self.metrics,
+            self.readiness,
+            auth=auth,
+            admission=self.admission,
+            mcp=self.mcp,
+            elastic=self.elastic,
+            started_at=self.started_at,
+        ).handle
         self._websocket = WebSocketRoutes(
             WebSocketRelay(failover, strip_client_auth=auth.enabled),
             None if translate is None else ChatWebSocket(failover, translate, strip=auth.enabled),
@@ -219,7 +231,11 @@ class Gateway:
             return
         self.state = GatewayState.DRAINING
         await self._stack.aclose()
-        self._http = self._websocket = _not_serving
+        self._openai, self._ops, self._websocket = (
+            _not_serving_path,
+            _not_serving_ops,
+            _not_serving,
+        )
         self.state = GatewayState.STOPPED
         event(_log, "gateway_stopped")
 
@@ -242,33 +258,28 @@ class Gateway:
         return True, "ready"
 
     # -- ASGI ------------------------------------------------------------------------------------
-    def _router(self, openai: OpenAIRoutes, ops: Operations, auth: ClientAuth) -> Handler:
-        mcp = self.mcp
-
-        async def http(scope: Scope, receive: Receive, send: Send) -> None:
-            path = scope["path"]
-            if path.startswith("/v1/") or path == "/v1":
-                await openai(scope, receive, send, path)
-            elif mcp.owns(path):
-                try:
-                    auth.authorize(scope)
-                except Unauthorized as error:
-                    await send_mcp_error(send, 401, error.message)
-                    return
-                await mcp.dispatch(scope, receive, send, path, auth.identity(scope))
-            else:
-                await ops.handle(scope, send, path)
-
-        return http
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            path = scope["path"]
+            if path.startswith("/v1/") or path == "/v1":
+                await self._openai(scope, receive, send, path)
+            elif self.mcp.owns(path):
+                await self._mcp(scope, receive, send, path)
+            else:
+                await self._ops(scope, send, path)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        try:
+            self._auth.authorize(scope)
+        except Unauthorized as error:
+            await send_mcp_error(send, 401, error.message)
+            return
+        await self.mcp.dispatch(scope, receive, send, path, self._auth.identity(scope))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

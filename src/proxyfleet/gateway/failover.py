@@ -50,6 +50,7 @@ class Failover:
     ) -> None:
         self._pool = pool
         self._transports = transports
+        self._by_kind = transports.by_kind
         self._metrics = metrics
         self._retries = retries
         self._debug = debug
@@ -67,13 +68,14 @@ class Failover:
             backend = lease.backend
             if served is not None:
                 served.backend = backend.id
+            transport = self._by_kind.get(backend.kind) or self._transports.of(backend)
             try:
                 async with lease:
-                    return await attempt(lease, self._transports.of(backend), n == retries)
+                    return await attempt(lease, transport, n == retries)
             except Retry as retry:
                 tried.append(backend.id)
                 last = retry.error
-                self._metrics.failovers.inc()
+                self._metrics.failovers += 1
         assert last is not None  # the loop ran at least once and every pass set it
         raise last
 

@@ -9,7 +9,7 @@ any other body is left incomplete so the client sees the truncation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 from proxyfleet._asgi import Send, sse_error
@@ -51,46 +51,33 @@ class Forwarder:
         self._debug = debug
         self._events = events
 
-    async def forward(
+    def forward(
         self,
         request: Request,
         recording: Recording,
         send: Send,
         transform: Transform | None = None,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Serve the request through the pool, answering through ``send`` (the recording's, or
         a wrapper of it); raises GatewayError if nothing was sent.
 
         With a ``transform``, a 200 answer is delivered by it (translated) instead of as is."""
 
         async def attempt(lease: Lease, transport: Transport, last: bool) -> None:
-            await self._attempt(request, recording, send, transform, lease, transport, last)
+            try:
+                exchange = await transport.handle(lease.backend, request)
+            except UpstreamError as exc:
+                lease.fail()
+                self._note(recording.rid, lease.backend.id, exc)
+                raise Retry(exc) from exc
+            try:
+                await self._deliver(send, exchange, lease, recording, transform, last)
+            except BaseException:
+                exchange.close()
+                raise
+            exchange.release()
 
-        await self._failover.run(recording.rid, attempt, recording)
-
-    async def _attempt(
-        self,
-        request: Request,
-        recording: Recording,
-        send: Send,
-        transform: Transform | None,
-        lease: Lease,
-        transport: Transport,
-        last: bool,
-    ) -> None:
-        backend = lease.backend
-        try:
-            exchange = await transport.handle(backend, request)
-        except UpstreamError as exc:
-            lease.fail()
-            self._note(recording.rid, backend.id, exc)
-            raise Retry(exc) from exc
-        try:
-            await self._deliver(send, exchange, lease, recording, transform, last)
-        except BaseException:
-            exchange.close()
-            raise
-        exchange.release()
+        return self._failover.run(recording.rid, attempt, recording)
 
     def _note(self, rid: str, backend: str, exc: BaseException) -> None:
         if self._debug is not None:

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,6 +70,7 @@ class OpenAIRoutes:
     ) -> None:
         self._forwarder = forwarder
         self._auth = auth
+        self._strip = auth.enabled  # the client's own key never goes upstream
         self._admission = admission
         self._metrics = metrics
         self._models = models
@@ -87,37 +87,45 @@ class OpenAIRoutes:
         if self._debug is not None:
             recording.on_stream = self._debug.stream_started
         route = _ROUTES.get(path, "passthrough")
+        admission = self._admission
         admitted = False
         try:
             self._auth.authorize(scope)
-            self._admission.enter()
+            if admission.active >= admission.limit:
+                raise admission.refuse()
+            admission.active += 1
             admitted = True
             await self._serve(scope, receive, path, route, recording)
         except GatewayError as error:
-            if not recording.answered:
-                await send_error(recording.send, error, rid.encode())
-            if self._debug is not None and isinstance(error, NoHealthyBackend):
-                self._debug.recorder.no_healthy_backend(rid, self._pool_size())
+            await self._refused(recording, error)
         except ClientGone:
             recording.gone = True
         except StreamBroken:
             pass  # the response is left incomplete on purpose; the client sees the truncation
-        except Exception:
-            _log.exception("request %s failed inside the gateway", rid)
-            if self._debug is not None:
-                self._debug.recorder.error(
-                    rid, "gateway", "request", sys.exc_info()[1] or Exception()
-                )
-            if not recording.answered:
-                internal = GatewayError("internal error in the gateway")
-                await send_error(recording.send, internal, rid.encode())
+        except Exception as exc:
+            await self._failed(recording, exc)
         except asyncio.CancelledError:
             # The server cancels what is left when the drain grace runs out: say so, and end.
             await _cancelled(recording)
         finally:
             if admitted:
-                self._admission.leave()
+                admission.active -= 1
             self._finished(scope, path, route, recording)
+
+    async def _refused(self, recording: Recording, error: GatewayError) -> None:
+        if not recording.answered:
+            await send_error(recording.send, error, recording.rid.encode())
+        if self._debug is not None and isinstance(error, NoHealthyBackend):
+            self._debug.recorder.no_healthy_backend(recording.rid, self._pool_size())
+
+    async def _failed(self, recording: Recording, exc: Exception) -> None:
+        """A bug of ours: logged with its traceback, answered 500 when nothing went out yet."""
+        _log.exception("request %s failed inside the gateway", recording.rid, exc_info=exc)
+        if self._debug is not None:
+            self._debug.recorder.error(recording.rid, "gateway", "request", exc)
+        if not recording.answered:
+            internal = GatewayError("internal error in the gateway")
+            await send_error(recording.send, internal, recording.rid.encode())
 
     async def _serve(
         self, scope: Scope, receive: Receive, path: str, route: str, recording: Recording
@@ -138,7 +146,7 @@ class OpenAIRoutes:
         headers = forwarded_headers(
             scope["headers"],
             recording.rid,
-            strip_client_auth=self._auth.enabled,
+            strip_client_auth=self._strip,
             extra=None if transform is None else transform.upstream_headers,
         )
         request = Request(method, tail, headers, body)
@@ -191,7 +199,7 @@ class OpenAIRoutes:
 
     def _finished(self, scope: Scope, path: str, route: str, recording: Recording) -> None:
         elapsed = time.perf_counter() - recording.started
-        self._metrics.observe(route, recording.shown_status, elapsed)
+        self._metrics.observe(route, recording.status or 499, elapsed)
         if self._events is not None:
             self._events.ended(recording.rid, recording.end_reason())
         if self._debug is not None:

@@ -10,7 +10,7 @@ client left (the disconnect watcher), and the lease's selection in debug mode.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proxyfleet._asgi import Message, Send
@@ -56,7 +56,9 @@ class Recording:
         # called when an event stream starts (debug mode's ``streams`` line)
         self.on_stream: Callable[[Recording], None] | None = None
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        """Note what ``message`` says, then hand it to the server's ``send`` (its awaitable is
+        returned, not awaited here: no coroutine of our own per message)."""
         if message["type"] == "http.response.body":
             self.bytes += len(message.get("body", b""))
             if not message.get("more_body"):
@@ -70,7 +72,7 @@ class Recording:
                     break
             if self.sse and self.on_stream is not None:
                 self.on_stream(self)
-        await self._send(message)
+        return self._send(message)
 
     @property
     def answered(self) -> bool:

@@ -10,14 +10,13 @@ from proxyfleet.pool.health import Outcome
 from proxyfleet.pool.lease import Lease
 from proxyfleet.pool.memory import MemoryStore
 from proxyfleet.pool.pool import DEFAULTS, Pool, PoolSettings, PoolState
-from proxyfleet.pool.store import BackendStatus, Change, ChangeKind, Grant, PoolStore
+from proxyfleet.pool.store import BackendStatus, ChangeKind, Grant, PoolStore
 
 __all__ = [
     "DEFAULTS",
     "BackendSpec",
     "BackendState",
     "BackendStatus",
-    "Change",
     "ChangeKind",
     "Cookie",
     "Grant",

@@ -31,7 +31,6 @@ from proxyfleet.pool.health import (
 from proxyfleet.pool.selection import Strategy, choose
 from proxyfleet.pool.store import (
     BackendStatus,
-    Change,
     ChangeKind,
     Grant,
     Listener,
@@ -208,12 +207,13 @@ class MemoryStore:
         if outcome is Outcome.FAILURE:
             slot.failures += 1
         before = slot.health
-        slot.health = settle(before, outcome, now, self._policy)
+        health = slot.health = settle(before, outcome, now, self._policy)
         self._available.pop(slot, None)
         self._refresh(slot)
-        if slot.health.state is Health.QUARANTINED and slot.health is not before:
+        if health is not before and health.state is Health.QUARANTINED:
             self._arm()
-        self._tell(ChangeKind.RELEASED, grant.backend_id)
+        for listener in self._listeners:  # _tell, inlined: this runs once per request
+            listener(ChangeKind.RELEASED, grant.backend_id)
         return True
 
     def snapshot_now(self) -> list[BackendStatus]:
@@ -222,10 +222,8 @@ class MemoryStore:
 
     # -- internals ---------------------------------------------------------------------------
     def _tell(self, kind: ChangeKind, backend_id: str) -> None:
-        if self._listeners:
-            change = Change(kind, backend_id)
-            for listener in self._listeners:
-                listener(change)
+        for listener in self._listeners:
+            listener(kind, backend_id)
 
     def _grant(self, slot: _Slot, now: float, holder: str) -> Grant:
         token = next(self._tokens)

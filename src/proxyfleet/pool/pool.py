@@ -38,7 +38,7 @@ from proxyfleet.pool.memory import MemoryStore
 from proxyfleet.pool.selection import Strategy
 from proxyfleet.pool.store import (
     BackendStatus,
-    Change,
+    ChangeKind,
     Grant,
     NoCandidate,
     PoolStore,
@@ -250,7 +250,8 @@ class Pool:
         if not self._waiters:
             result = await self._store.acquire(settings.selection, exclude, holder=request_id)
             if isinstance(result, Grant):
-                return Lease(self, result, self.spec(result.backend_id), request_id, 0.0)
+                spec = self._specs.get(result.backend_id) or self.spec(result.backend_id)
+                return Lease(self, result, spec, request_id, 0.0)
             if result.reason is NoCandidate.NONE:
                 if self.grower is None:
                     raise self._no_healthy(result.retry_after)
@@ -327,7 +328,7 @@ class Pool:
             loop.call_soon_threadsafe(self._spawn, self._release(grant, Outcome.NEUTRAL))
 
     # -- waking waiters ------------------------------------------------------------------------
-    def _changed(self, change: Change) -> None:
+    def _changed(self, kind: ChangeKind, backend_id: str) -> None:
         """The change feed: capacity may have appeared; the waiters get another look."""
         if self._waiters and self._state is PoolState.OPEN:
             self._kick()

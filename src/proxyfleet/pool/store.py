@@ -26,7 +26,6 @@ from proxyfleet.pool.selection import Strategy
 
 __all__ = [
     "BackendStatus",
-    "Change",
     "ChangeKind",
     "Grant",
     "Listener",
@@ -65,14 +64,9 @@ class ChangeKind(enum.Enum):
     UNDRAINED = "undrained"  # a drained backend takes leases again
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    kind: ChangeKind
-    backend_id: str
-
-
-#: Called for every change, synchronously; it must not block (schedule work instead).
-Listener = Callable[[Change], None]
+#: Called for every change with its kind and the backend's id, synchronously; it must not
+#: block (schedule work instead). Two plain arguments: it runs once per release.
+Listener = Callable[[ChangeKind, str], None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,36 +171,43 @@ class UpstreamClient:
         headers: Mapping[str, str],
         body: bytes = b"",
         credentials: Credentials = _NONE,
+        label: str = "upstream",
     ) -> UpstreamResponse:
         """Send ``method target`` (target = path + query, under the origin's base path), with
-        the client's ``headers`` (lowercase names) and the backend's ``credentials`` on top."""
+        the client's ``headers`` (lowercase names) and the backend's ``credentials`` on top.
+        Errors name the upstream as ``label`` (e.g. ``backend b1 at http://…/v1``)."""
         if self._state is not _State.OPEN:
             raise StateError("the upstream client is closed")
         head = _request_head(origin, method, target, headers, credentials, body)
         payload = head + body if body else head
         head_only = method == "HEAD"
-        conn, reused = await self._connection(origin)
         try:
-            conn.send(payload, head_only, self._read_timeout)
-            await conn.headers_done()
-        except (UpstreamClosed, ConnectionResetError, BrokenPipeError) as exc:
-            conn.close()
-            if not (reused and not conn.received_any):
-                if isinstance(exc, OSError):
-                    raise UpstreamClosed(f"connection lost: {type(exc).__name__}") from exc
-                raise
-            # The origin closed an idle keep-alive connection just as we used it: nothing was
-            # received, so the request never reached an application; send it once more.
-            conn, _ = await self._connection(origin, fresh=True)
+            conn, reused = await self._connection(origin)
             try:
                 conn.send(payload, head_only, self._read_timeout)
                 await conn.headers_done()
+            except (UpstreamClosed, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                if not (reused and not conn.received_any):
+                    if isinstance(exc, OSError):
+                        raise UpstreamClosed(f"connection lost: {type(exc).__name__}") from exc
+                    raise
+                # The origin closed an idle keep-alive connection just as we used it: nothing
+                # was received, so the request never reached an application; send it again.
+                conn, _ = await self._connection(origin, fresh=True)
+                try:
+                    conn.send(payload, head_only, self._read_timeout)
+                    await conn.headers_done()
+                except BaseException:
+                    conn.close()
+                    raise
             except BaseException:
                 conn.close()
                 raise
-        except BaseException:
-            conn.close()
-            raise
+        except UpstreamTimeout as exc:
+            raise UpstreamTimeout(f"{label} timed out ({exc.message})") from exc
+        except UpstreamError as exc:
+            raise type(exc)(f"{label} failed: {exc.message}") from exc
         return UpstreamResponse(self, conn)
 
     async def _connection(self, origin: Origin, fresh: bool = False) -> tuple[Connection, bool]:

@@ -26,7 +26,6 @@ two-way session (the Responses API over WebSocket) is a :class:`Channel`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxyfleet.errors import UpstreamError
@@ -35,14 +34,27 @@ from proxyfleet.pool.backend import BackendSpec
 __all__ = ["Channel", "Exchange", "Request", "Transport", "Transports"]
 
 
-@dataclass(frozen=True, slots=True)
 class Request:
-    """One request for a backend: ``target`` is the path and query under its base URL."""
+    """One request for a backend: ``target`` is the path and query under its base URL,
+    ``headers`` the client's (lowercase names, hop-by-hop ones removed). Built once per client
+    request (a plain slotted class: it is on the hot path)."""
 
-    method: str
-    target: str
-    headers: Mapping[str, str] = field(default_factory=dict)  # lowercase names
-    body: bytes = b""
+    __slots__ = ("body", "headers", "method", "target")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers: Mapping[str, str] = {} if headers is None else headers
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} ({len(self.body)} bytes)>"
 
 
 class Exchange(Protocol):
@@ -100,6 +112,8 @@ class Channel(Protocol):
 class Transport(Protocol):
     """Reaches the backends of one kind; used as ``async with`` (its ``aclose`` ends it)."""
 
+    async def __aenter__(self) -> Transport: ...
+
     async def handle(self, backend: BackendSpec, request: Request) -> Exchange:
         """Send ``request`` to ``backend``; the exchange once its answer's head arrived."""
         ...
@@ -118,21 +132,23 @@ class Transport(Protocol):
 
 
 class Transports:
-    """The transport of each backend kind (``BackendSpec.kind`` → transport)."""
+    """The transport of each backend kind (``BackendSpec.kind`` → transport), opened and
+    closed together: ``async with Transports({"http": HttpTransport()}) as transports:``."""
 
     def __init__(self, by_kind: Mapping[str, Transport]) -> None:
-        self._by_kind = dict(by_kind)
+        self.by_kind: dict[str, Transport] = dict(by_kind)
 
     def of(self, backend: BackendSpec) -> Transport:
-        transport = self._by_kind.get(backend.kind)
+        transport = self.by_kind.get(backend.kind)
         if transport is None:
             raise UpstreamError(f"backend {backend.id}: no transport for kind {backend.kind!r}")
         return transport
 
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return tuple(self._by_kind)
+    async def __aenter__(self) -> Transports:
+        for transport in self.by_kind.values():
+            await transport.__aenter__()
+        return self
 
-    async def aclose(self) -> None:
-        for transport in self._by_kind.values():
+    async def __aexit__(self, *exc: object) -> None:
+        for transport in self.by_kind.values():
             await transport.aclose()

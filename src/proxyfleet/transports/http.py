@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
-from proxyfleet.errors import UpstreamClosed, UpstreamError, UpstreamRefused, UpstreamTimeout
+from proxyfleet.errors import UpstreamClosed, UpstreamError, UpstreamRefused
 from proxyfleet.pool.backend import BackendSpec, cookie_header, public_url
-from proxyfleet.transports._client import Credentials, Origin, UpstreamClient, UpstreamResponse
-from proxyfleet.transports.base import Request
+from proxyfleet.transports._client import Credentials, Origin, UpstreamClient
+from proxyfleet.transports.base import Exchange, Request
 
 __all__ = ["HttpTransport"]
 
@@ -34,6 +35,7 @@ class _Route:
     origin: Origin
     credentials: Credentials
     until: float  # unix time the credentials stay right until (cookies expire)
+    label: str  # how errors name the backend
 
 
 def _credentials(backend: BackendSpec, now: float) -> tuple[Credentials, float]:
@@ -117,28 +119,26 @@ class HttpTransport:
         route = self._routes.get(backend.id)
         if route is None or (route.until != _FOREVER and route.until < time.time()):
             credentials, until = _credentials(backend, time.time())
+            label = f"backend {backend.id} at {public_url(backend.base_url)}"
             route = self._routes[backend.id] = _Route(
-                Origin.parse(backend.base_url), credentials, until
+                Origin.parse(backend.base_url), credentials, until, label
             )
         return route
 
-    async def handle(self, backend: BackendSpec, request: Request) -> UpstreamResponse:
-        route = self._route(backend)
-        try:
-            return await self._client.request(
-                route.origin,
-                request.method,
-                request.target,
-                request.headers,
-                request.body,
-                route.credentials,
-            )
-        except UpstreamTimeout as exc:
-            raise UpstreamTimeout(f"backend {backend.id} timed out ({exc.message})") from exc
-        except UpstreamError as exc:
-            raise type(exc)(
-                f"backend {backend.id} at {public_url(backend.base_url)} failed: {exc.message}"
-            ) from exc
+    def handle(self, backend: BackendSpec, request: Request) -> Coroutine[Any, Any, Exchange]:
+        # Not a coroutine of its own: the client's request is the only await on the hot path.
+        route = self._routes.get(backend.id)
+        if route is None or (route.until != _FOREVER and route.until < time.time()):
+            route = self._route(backend)
+        return self._client.request(
+            route.origin,
+            request.method,
+            request.target,
+            request.headers,
+            request.body,
+            route.credentials,
+            route.label,
+        )
 
     async def connect(
         self, backend: BackendSpec, request: Request, subprotocols: Sequence[str] = ()
