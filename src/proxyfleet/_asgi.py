@@ -14,6 +14,7 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "lifespan",
     "read_body",
     "send_error",
     "send_json",
@@ -94,3 +95,25 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
         parts.append(chunk)
     return b"".join(parts)
+
+
+async def lifespan(
+    receive: Receive,
+    send: Send,
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+) -> None:
+    """The ASGI lifespan protocol around ``start`` and ``stop``."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await start()
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                raise
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await stop()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from proxyfleet.pool.pool import DEFAULTS
+from proxyfleet.pool.pool import DEFAULTS, PoolSettings
 from proxyfleet.pool.selection import Strategy
 
 __all__ = [
@@ -189,6 +189,16 @@ class PoolConfig(_Model):
     upstreams: tuple[HttpUrl, ...] = ()
     backends: tuple[BackendConfig, ...] = ()
     provisioner: ProvisionerConfig | None = None
+
+    def settings(self) -> PoolSettings:
+        """How the pool hands out leases, as the pool itself takes it."""
+        return PoolSettings(
+            self.selection,
+            self.queue_limit,
+            self.lease_timeout,
+            self.unhealthy_after,
+            self.cooldown,
+        )
 
     @field_validator("provider", mode="before")
     @classmethod

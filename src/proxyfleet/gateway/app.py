@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-from proxyfleet._asgi import Receive, Scope, Send, send_error
+from proxyfleet._asgi import Receive, Scope, Send, lifespan, send_error
 from proxyfleet.config.model import Config
 from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.debuglog.requests import RequestLog
@@ -36,9 +36,8 @@ from proxyfleet.logs import event
 from proxyfleet.mcpproxy.http import send_mcp_error
 from proxyfleet.mcpproxy.mount import McpMount
 from proxyfleet.orchestrator import Elastic, StreamEvents, build_provisioner
-from proxyfleet.pool import BackendSpec, Pool, PoolSettings
+from proxyfleet.pool import BackendSpec, Pool
 from proxyfleet.pool.prober import Prober
-from proxyfleet.providers.profiles import PROFILES
 from proxyfleet.providers.request import TranslateOptions
 from proxyfleet.transports import HttpTransport, Transport, Transports
 
@@ -75,18 +74,6 @@ async def _not_serving_ops(scope: Scope, send: Send, path: str) -> None:
     await send_error(send, PoolClosed("the gateway is not serving", retry_after=1.0))
 
 
-def _translation(config: Config) -> TranslateOptions | None:
-    provider = config.pool.provider
-    if provider.mode != "chat":
-        return None
-    return TranslateOptions(
-        PROFILES[provider.profile].with_drops(provider.drop_fields),
-        provider.model_map,
-        provider.default_model,
-        provider.reasoning,
-    )
-
-
 class Gateway:
     """One gateway: ``await gateway.start()`` … ``await gateway.stop()`` (or ASGI lifespan).
 
@@ -102,17 +89,10 @@ class Gateway:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        pool = config.pool
         self.pool = Pool(
             backends,
-            PoolSettings(
-                pool.selection,
-                pool.queue_limit,
-                pool.lease_timeout,
-                pool.unhealthy_after,
-                pool.cooldown,
-            ),
-            elastic=pool.provisioner is not None or not backends,
+            config.pool.settings(),
+            elastic=config.pool.provisioner is not None or not backends,
             clock=clock,
         )
         self.metrics = GatewayMetrics()
@@ -150,7 +130,7 @@ class Gateway:
         failover = Failover(
             self.pool, transports, self.metrics, retries=config.pool.retries, debug=debug
         )
-        translate = _translation(config)
+        translate = TranslateOptions.of(config.pool.provider)
         models = config.server.models
         if not models and translate is not None:
             models = tuple(config.pool.provider.model_map)
@@ -271,7 +251,7 @@ class Gateway:
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self.start, self.stop)
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         try:
@@ -280,21 +260,6 @@ class Gateway:
             await send_mcp_error(send, 401, error.message)
             return
         await self.mcp.dispatch(scope, receive, send, path, self._auth.identity(scope))
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.start()
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    raise
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.stop()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     @property
     def in_flight(self) -> int:

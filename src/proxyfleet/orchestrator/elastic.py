@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +23,11 @@ from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.errors import (
     GatewayError,
     ProvisionerError,
-    ProvisioningBlocked,
     ProvisioningFailed,
 )
 from proxyfleet.logs import event
-from proxyfleet.orchestrator.api import Engine, OrchestratorStatus
+from proxyfleet.orchestrator.api import Engine
+from proxyfleet.orchestrator.health import OrchestratorHealth, retry_after
 from proxyfleet.orchestrator.policy import Breaker, BreakerState, retry_delay
 from proxyfleet.orchestrator.provisioner import Provisioner
 from proxyfleet.pool import BackendSpec, Pool
@@ -43,12 +42,6 @@ class _Member:
     engine: Engine
     origin: str  # provisioned (ours to release) or adopted (the orchestrator's)
     added: float  # monotonic
-
-
-@dataclass(slots=True)
-class _Block:
-    reason: str
-    until: float | None  # monotonic; None: until the status says otherwise
 
 
 class Elastic:
@@ -73,8 +66,7 @@ class Elastic:
         self._members: dict[str, _Member] = {}
         self._growth: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._block: _Block | None = None
-        self.status: OrchestratorStatus | None = None
+        self.health = OrchestratorHealth(provisioner, config.status_interval, debug)
         self.provisioned = 0
         self.released = 0
         self.failures = 0
@@ -84,7 +76,7 @@ class Elastic:
         await self._provisioner.open()
         self._pool.grower = self
         if self._provisioner.has_status:
-            await self.poll_status()
+            await self.health.poll()
             if self._config.adopt:
                 await self._adopt()
         if self._provisioner.has_status:
@@ -115,7 +107,7 @@ class Elastic:
         if self._pool.size >= self._config.max_backends:
             return False
         now = time.monotonic()
-        blocked = self._blocked(now)
+        blocked = self.health.blocked(now)
         if blocked is not None:
             return blocked
         if self._growth is not None:
@@ -126,7 +118,7 @@ class Elastic:
             return ProvisioningFailed(
                 f"provisioning is paused after {self._breaker.consecutive} failures in a row "
                 f"(circuit breaker open, provisioner {self._provisioner.name})",
-                retry_after=_seconds(self._breaker.remaining(now)),
+                retry_after=retry_after(self._breaker.remaining(now)),
             )
         self._start_growth(request_id)
         return True
@@ -136,26 +128,8 @@ class Elastic:
         now = time.monotonic()
         return (
             self._pool.size < self._config.max_backends
-            and self._blocked(now) is None
+            and self.health.blocked(now) is None
             and self._breaker.state(now) is not BreakerState.OPEN
-        )
-
-    def _blocked(self, now: float) -> ProvisioningBlocked | None:
-        block = self._block
-        if block is None:
-            return None
-        if block.until is not None and now >= block.until:
-            self._block = None
-            return None
-        status = self.status
-        eta = (
-            block.until - now
-            if block.until is not None
-            else (status.recovery_eta_seconds if status is not None else None)
-        )
-        return ProvisioningBlocked(
-            f"every backend is busy and the orchestrator cannot provision another: {block.reason}",
-            retry_after=_seconds(eta if eta is not None else self._config.status_interval),
         )
 
     # -- growing -------------------------------------------------------------------------------
@@ -204,7 +178,7 @@ class Elastic:
 
     async def _landed(self, rid: str, engine: Engine, attempt: int, seconds: float) -> None:
         self._breaker.success()
-        self._block = None
+        self.health.clear()
         self.provisioned += 1
         if self._debug is not None:
             self._debug.provisioning(
@@ -230,8 +204,8 @@ class Elastic:
         self.failures += 1
         opened = self._breaker.failure(now)
         if exc.eta is not None and exc.retryable:
-            self._block = _Block(exc.message, now + exc.eta)
-            blocked = self._blocked(now)
+            self.health.block(exc.message, exc.eta, now)
+            blocked = self.health.blocked(now)
             if blocked is not None:
                 await self._pool.fail_waiters(blocked)
         if self._debug is not None:
@@ -270,12 +244,12 @@ class Elastic:
                 f"provisioning is paused: the circuit breaker opened after "
                 f"{self._breaker.consecutive} failures in a row"
                 + (f" (last: {exc.message})" if exc is not None else ""),
-                retry_after=_seconds(self._breaker.remaining(now)),
+                retry_after=retry_after(self._breaker.remaining(now)),
             )
         else:  # blocked with an ETA (the refusal said so), else a plain failure
-            error = self._blocked(now) or ProvisioningFailed(
+            error = self.health.blocked(now) or ProvisioningFailed(
                 f"could not provision a backend: {exc.message}",
-                retry_after=_seconds(self._config.backoff),
+                retry_after=retry_after(self._config.backoff),
             )
         if self._debug is not None:
             self._debug.provisioning(
@@ -382,7 +356,7 @@ class Elastic:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self._config.status_interval)
-            await self.poll_status()
+            await self.health.poll()
             await self.reconcile()
             if self._wanted():
                 self._start_growth("")
@@ -411,35 +385,6 @@ class Elastic:
                 await self._pool.drain(backend_id)
         return gone
 
-    async def poll_status(self) -> None:
-        started = time.perf_counter()
-        try:
-            status = await self._provisioner.status()
-        except ProvisionerError as exc:
-            status = OrchestratorStatus("unavailable", False, f"status check failed: {exc}")
-        seconds = time.perf_counter() - started
-        previous, self.status = self.status, status
-        if not status.can_provision:
-            eta = status.recovery_eta_seconds
-            until = time.monotonic() + eta if eta is not None else None
-            self._block = _Block(status.blocked_reason or f"orchestrator is {status.status}", until)
-        else:
-            self._block = None  # the orchestrator says it can provision again
-        if self._debug is not None:
-            self._debug.orchestrator_health(seconds, **status.fields())
-        if previous is None or (previous.status, previous.can_provision) != (
-            status.status,
-            status.can_provision,
-        ):
-            event(
-                _log,
-                "orchestrator_status",
-                logging.INFO if status.status == "healthy" else logging.WARNING,
-                status=status.status,
-                can_provision=status.can_provision,
-                blocked_reason=status.blocked_reason,
-            )
-
     # -- admin -------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -458,11 +403,7 @@ class Elastic:
                 "consecutive_failures": self._breaker.consecutive,
                 "retry_in_seconds": round(self._breaker.remaining(now), 3),
             },
-            "blocked": None if self._block is None else self._block.reason,
-            "orchestrator": None if self.status is None else self.status.fields(),
+            "blocked": self.health.reason,
+            "orchestrator": None if self.health.status is None else self.health.status.fields(),
             "members": {k: m.origin for k, m in self._members.items()},
         }
-
-
-def _seconds(value: float | None) -> float:
-    return float(max(1, math.ceil(value))) if value is not None else 1.0

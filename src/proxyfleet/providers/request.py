@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from proxyfleet.config.model import ProviderConfig
 from proxyfleet.errors import BadRequest
-from proxyfleet.providers.profiles import ProviderProfile
+from proxyfleet.providers.profiles import PROFILES, ProviderProfile
 
 __all__ = ["ChatRequest", "TranslateOptions", "responses_to_chat"]
 
@@ -60,6 +61,18 @@ class TranslateOptions:
         if requested in self.model_map:
             return self.model_map[requested]
         return self.default_model or requested
+
+    @classmethod
+    def of(cls, provider: ProviderConfig) -> TranslateOptions | None:
+        """The options of ``provider: chat`` (None for passthrough)."""
+        if provider.mode != "chat":
+            return None
+        return cls(
+            PROFILES[provider.profile].with_drops(provider.drop_fields),
+            provider.model_map,
+            provider.default_model,
+            provider.reasoning,
+        )
 
 
 @dataclass(slots=True)
