@@ -3,7 +3,6 @@ what counts against a backend's health, and that nothing is retried after the fi
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from proxyfleet.pool import BackendSpec
@@ -121,28 +120,6 @@ def test_a_request_is_never_retried_on_a_backend_it_already_tried() -> None:
         assert await reply.status() == 502  # every try failed: the last failure says why
         assert "answered 500" in (await reply.json())["error"]["message"]
         assert sorted(tried) == ["m0", "m1"]  # each once, though 5 retries were allowed
-        await gateway.stop()
-
-    run(scenario())
-
-
-def test_a_probe_takes_a_real_lease_through_the_transport() -> None:
-    async def scenario() -> None:
-        transport = per_backend(m1=Answer(status=500))
-        gateway = memory_gateway(
-            transport,
-            2,
-            pool={
-                "probe": {"enabled": True, "interval": 10, "path": "/models"},
-                "unhealthy_after": 1,
-            },
-        )
-        await gateway.start()
-        await asyncio.sleep(10.5)
-        probes = [(b, r.method, r.target) for b, r in transport.seen]
-        assert probes == [("m0", "GET", "/models"), ("m1", "GET", "/models")]
-        pool = await pool_json(gateway)
-        assert (pool["m0"]["state"], pool["m1"]["state"]) == ("idle", "unhealthy")
         await gateway.stop()
 
     run(scenario())

@@ -11,14 +11,19 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from proxyfleet.errors import LeaseTimeout, NoHealthyBackend, QueueFull
-from proxyfleet.pool import BackendSpec, BackendStatus, MemoryStore, Outcome, Pool, PoolSettings
+from proxyfleet.pool import BackendSpec, BackendStatus, Outcome, Pool, PoolSettings
 from proxyfleet.pool.health import HealthPolicy
+from tests.pool.stores import STORES, StoreFactory
 from tests.virtual import VirtualTimeLoop
 
 OUTCOMES = st.sampled_from([Outcome.SUCCESS, Outcome.FAILURE, Outcome.NEUTRAL])
 
 
 class PoolMachine(RuleBasedStateMachine):
+    """Runs against the store ``make`` builds (one subclass per entry of ``stores.STORES``)."""
+
+    make: StoreFactory = STORES["memory"]
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = VirtualTimeLoop()
@@ -26,9 +31,7 @@ class PoolMachine(RuleBasedStateMachine):
         backends = [
             BackendSpec(k, f"http://127.0.0.1:1/{k}", (), cap) for k, cap in self.caps.items()
         ]
-        store = MemoryStore(
-            [b.member for b in backends], HealthPolicy(2, 0.01), clock=self.loop.time
-        )
+        store = type(self).make([b.member for b in backends], HealthPolicy(2, 0.01), self.loop.time)
         self.pool = Pool(backends, PoolSettings(queue_limit=6), store=store)
         self.loop.run_until_complete(self.pool.__aenter__())
         self.tasks: dict[int, asyncio.Task[None]] = {}
@@ -160,10 +163,14 @@ class PoolMachine(RuleBasedStateMachine):
         self.loop.close()
 
 
-TestPoolStateful = PoolMachine.TestCase
-TestPoolStateful.settings = settings(
-    max_examples=60,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+for _name, _make in STORES.items():
+    _machine = type(f"PoolMachine_{_name}", (PoolMachine,), {"make": staticmethod(_make)})
+    _case = _machine.TestCase
+    _case.settings = settings(
+        max_examples=60,
+        stateful_step_count=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    globals()[f"TestPoolStateful_{_name}"] = _case
+del _name, _make, _machine, _case

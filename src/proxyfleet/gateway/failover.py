@@ -68,9 +68,9 @@ class Failover:
             backend = lease.backend
             if served is not None:
                 served.backend = backend.id
-            transport = self._by_kind.get(backend.kind) or self._transports.of(backend)
             try:
                 async with lease:
+                    transport = self._by_kind.get(backend.kind) or self._transports.of(backend)
                     return await attempt(lease, transport, n == retries)
             except Retry as retry:
                 tried.append(backend.id)

@@ -3,8 +3,8 @@ answer kept for ``server.models_cache_ttl`` seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
 from collections.abc import Sequence
 
 from proxyfleet._asgi import Message, Send, send_json
@@ -31,7 +31,7 @@ class Models:
             await send_json(send, 200, data, rid.encode())
             return True
         cached = self._cached
-        if cached is not None and time.monotonic() - cached[0] < self._ttl:
+        if cached is not None and asyncio.get_running_loop().time() - cached[0] < self._ttl:
             await send_json(send, 200, json.loads(cached[1]), rid.encode())
             return True
         return False
@@ -48,7 +48,7 @@ class Models:
             elif status == 200:
                 parts.append(message.get("body", b""))
                 if not message.get("more_body"):
-                    self._cached = (time.monotonic(), b"".join(parts))
+                    self._cached = (asyncio.get_running_loop().time(), b"".join(parts))
             await send(message)
 
         return capture

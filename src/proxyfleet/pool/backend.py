@@ -100,11 +100,11 @@ class Member:
     url: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class BackendSpec:
     """One backend of the pool. ``kind`` names the transport that reaches it (``http``,
     ``memory`` in tests); ``headers`` and ``cookies`` carry its credentials and never appear in
-    ``repr``."""
+    ``repr`` (nor does a password in ``base_url``)."""
 
     id: str
     base_url: str
@@ -113,6 +113,12 @@ class BackendSpec:
     source: str = ""
     kind: str = "http"
     cookies: tuple[Cookie, ...] = field(default=(), repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"BackendSpec(id={self.id!r}, upstream={public_url(self.base_url)!r}, "
+            f"kind={self.kind!r}, max_concurrency={self.max_concurrency}, source={self.source!r})"
+        )
 
     @property
     def member(self) -> Member:

@@ -32,7 +32,8 @@ _JSON = ((b"content-type", b"application/json"),)
 class Answer:
     """How a memory backend answers one request.
 
-    ``delay`` passes before the head; ``gap`` between chunks. Faults: ``refuse`` (cannot
+    ``delay`` passes before the head; ``gap`` between chunks. The answer has a length unless
+    its headers make it an event stream or a chunked body. Faults: ``refuse`` (cannot
     connect), ``hang`` (no answer ever: the read timeout ends it), ``drop`` (the connection
     breaks after ``drop_after`` chunks)."""
 
@@ -56,7 +57,12 @@ class Answer:
 
     @property
     def streamed(self) -> bool:
-        return (b"content-type", b"text/event-stream") in self.headers
+        """Sent without a length: an event stream, or a chunked body."""
+        return any(
+            (name.lower(), value.lower())
+            in ((b"content-type", b"text/event-stream"), (b"transfer-encoding", b"chunked"))
+            for name, value in self.headers
+        )
 
     @property
     def content_length(self) -> int | None:

@@ -1,0 +1,93 @@
+"""Provisioners against real counterparts: the HTTP provisioner against the mock orchestrator
+(a real process with real engines), the command provisioner running real commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxyfleet.config.model import ProvisionerConfig
+from proxyfleet.errors import ProvisionerError
+from proxyfleet.orchestrator import CommandProvisioner, HttpProvisioner, build_provisioner
+from tests.conftest import Processes
+
+
+async def test_the_http_provisioner_provisions_lists_and_releases(procs: Processes) -> None:
+    orch = procs.orchestrator("--api-key", "orch-key")
+    provisioner = build_provisioner(ProvisionerConfig(url=orch.url, api_key="orch-key"))
+    assert isinstance(provisioner, HttpProvisioner)
+    await provisioner.open()
+    try:
+        engine = await provisioner.provision("rid-1")
+        assert engine.url.startswith("http://127.0.0.1:")
+        assert engine.url.endswith("/v1")
+        assert [e.id for e in await provisioner.engines()] == [engine.id]
+        status = await provisioner.status()
+        assert (status.status, status.can_provision) == ("healthy", True)
+        await provisioner.release(engine.id)
+        assert await provisioner.engines() == []
+    finally:
+        await provisioner.close()
+
+
+async def test_a_wrong_key_is_a_refusal_that_retrying_cannot_fix(procs: Processes) -> None:
+    orch = procs.orchestrator("--api-key", "orch-key")
+    provisioner = HttpProvisioner(ProvisionerConfig(url=orch.url, api_key="wrong"))
+    await provisioner.open()
+    try:
+        with pytest.raises(ProvisionerError) as info:
+            await provisioner.provision("rid-2")
+        assert not info.value.retryable
+        assert "wrong" not in info.value.message
+    finally:
+        await provisioner.close()
+
+
+async def test_an_orchestrator_that_is_down_is_a_retryable_error() -> None:
+    provisioner = HttpProvisioner(ProvisionerConfig(url="http://127.0.0.1:1", timeout=2))
+    await provisioner.open()
+    try:
+        with pytest.raises(ProvisionerError) as info:
+            await provisioner.provision("rid-3")
+        assert info.value.retryable
+    finally:
+        await provisioner.close()
+
+
+def _script(tmp_path: Path, body: str) -> tuple[str, ...]:
+    script = tmp_path / "provision.py"
+    script.write_text(body)
+    return (sys.executable, str(script))
+
+
+async def test_a_command_provisioner_reads_the_backend_it_prints(tmp_path: Path) -> None:
+    command = _script(
+        tmp_path, 'import json; print(json.dumps({"id": "e1", "url": "http://127.0.0.1:9001/v1"}))'
+    )
+    provisioner = build_provisioner(ProvisionerConfig(command=command))
+    assert isinstance(provisioner, CommandProvisioner)
+    assert not provisioner.has_status
+    await provisioner.open()
+    engine = await provisioner.provision("rid-4")
+    assert (engine.id, engine.url) == ("e1", "http://127.0.0.1:9001/v1")
+    await provisioner.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('print("not json")', "JSON"),
+        ('import json; print(json.dumps({"id": "e", "url": "http://203.0.113.5/v1"}))', "host"),
+        ("import sys; sys.exit(3)", "3"),
+    ],
+)
+async def test_a_command_that_fails_or_lies_is_refused(
+    tmp_path: Path, body: str, needle: str
+) -> None:
+    provisioner = CommandProvisioner(ProvisionerConfig(command=_script(tmp_path, body)))
+    await provisioner.open()
+    with pytest.raises(ProvisionerError, match=needle):
+        await provisioner.provision("rid-5")
+    await provisioner.close()
