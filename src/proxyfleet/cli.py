@@ -115,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write the mock's own debug log (requests by X-Request-ID) there",
     )
+    mock.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="ids from a digest of the request and timestamps 0: the same request gets the "
+        "same bytes (for comparing answers straight and through a proxy)",
+    )
 
     orch = commands.add_parser(
         "mock-orchestrator",
@@ -254,6 +260,7 @@ def _mock(args: argparse.Namespace) -> int:
         drop_after=args.drop_after,
         chat_only=args.chat_only,
         name=args.name,
+        deterministic=args.deterministic,
     )
     bind(args.host, args.port, "mock").close()  # a busy port is a clear error, not a traceback
     uvloop.run(serve_mock(args.host, args.port, settings, args.debug_dir))

@@ -1,8 +1,13 @@
 """What the mock says: a :class:`~proxyfleet.mock.plan.Plan` rendered as OpenAI-shaped bodies
-and stream events, built without I/O."""
+and stream events, built without I/O.
+
+Ids are random and timestamps the clock's, unless a ``seed`` is given (the mock's
+``--deterministic``): then ids are digests of it and every timestamp is 0, so the same request
+gets the same bytes (what a parity test compares)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -12,6 +17,16 @@ from typing import Any
 from proxyfleet.mock.plan import Plan
 
 __all__ = ["chat_completion", "chat_frames", "response_events", "response_object", "sse"]
+
+
+def _id(seed: str | None) -> str:
+    if seed is None:
+        return uuid.uuid4().hex[:24]
+    return hashlib.sha256(seed.encode()).hexdigest()[:24]
+
+
+def _now(seed: str | None) -> int:
+    return 0 if seed is not None else int(time.time())
 
 
 def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
@@ -25,7 +40,9 @@ def _usage(plan: Plan) -> dict[str, int]:
     return {"prompt_tokens": 8, "completion_tokens": completion, "total_tokens": 8 + completion}
 
 
-def chat_completion(model: str, plan: Plan, credential: str) -> dict[str, Any]:
+def chat_completion(
+    model: str, plan: Plan, credential: str, seed: str | None = None
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": plan.text if plan.pieces else None}
     if plan.call is not None:
         message["tool_calls"] = [
@@ -36,9 +53,9 @@ def chat_completion(model: str, plan: Plan, credential: str) -> dict[str, Any]:
             }
         ]
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "id": f"chatcmpl-{_id(seed)}",
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": _now(seed),
         "model": model,
         "system_fingerprint": credential,
         "choices": [
@@ -52,17 +69,18 @@ def chat_completion(model: str, plan: Plan, credential: str) -> dict[str, Any]:
     }
 
 
-def _chunk(
+def _frame(
     cid: str,
     model: str,
     delta: dict[str, Any],
     finish: str | None = None,
     usage: dict[str, int] | None = None,
+    created: int = 0,
 ) -> bytes:
     data: dict[str, Any] = {
         "id": cid,
         "object": "chat.completion.chunk",
-        "created": int(time.time()),
+        "created": created,
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
@@ -72,8 +90,21 @@ def _chunk(
     return sse(data)
 
 
-def chat_frames(model: str, plan: Plan, include_usage: bool) -> list[bytes]:
-    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+def chat_frames(
+    model: str, plan: Plan, include_usage: bool, seed: str | None = None
+) -> list[bytes]:
+    cid = f"chatcmpl-{_id(seed)}"
+    created = _now(seed)
+
+    def _chunk(
+        cid: str,
+        model: str,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        usage: dict[str, int] | None = None,
+    ) -> bytes:
+        return _frame(cid, model, delta, finish, usage, created)
+
     frames = [_chunk(cid, model, {"role": "assistant", "content": ""})]
     frames += [_chunk(cid, model, {"content": p}) for p in plan.pieces]
     if plan.call is not None:
@@ -132,13 +163,15 @@ def _items(rid: str, plan: Plan) -> list[dict[str, Any]]:
     return items
 
 
-def response_object(model: str, plan: Plan, rid: str | None = None) -> dict[str, Any]:
-    rid = rid or f"resp_{uuid.uuid4().hex[:24]}"
+def response_object(
+    model: str, plan: Plan, rid: str | None = None, seed: str | None = None
+) -> dict[str, Any]:
+    rid = rid or f"resp_{_id(seed)}"
     usage = _usage(plan)
     return {
         "id": rid,
         "object": "response",
-        "created_at": int(time.time()),
+        "created_at": _now(seed),
         "status": "completed",
         "model": model,
         "output": _items(rid, plan),
@@ -155,9 +188,9 @@ def response_object(model: str, plan: Plan, rid: str | None = None) -> dict[str,
     }
 
 
-def response_events(model: str, plan: Plan) -> Iterator[dict[str, Any]]:
+def response_events(model: str, plan: Plan, seed: str | None = None) -> Iterator[dict[str, Any]]:
     """The Responses API stream for a plan, with increasing ``sequence_number``."""
-    final = response_object(model, plan)
+    final = response_object(model, plan, seed=seed)
     started = dict(final, status="in_progress", output=[], usage=None)
     seq = 0
 

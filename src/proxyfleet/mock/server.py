@@ -49,6 +49,7 @@ class MockSettings:
     models: tuple[str, ...] = ("mock-gpt", "mock-gpt-mini")
     chat_only: bool = False  # answer /v1/responses with 404, like a Chat-Completions provider
     name: str = "mock"  # reported in answers, to tell mocks apart
+    deterministic: bool = False  # ids from a digest of the request, timestamps 0
 
     def updated(self, changes: dict[str, Any]) -> MockSettings:
         check_fields(self, changes, "fault setting")
@@ -215,8 +216,13 @@ async def _stream(
 
 
 Planner = Callable[[dict[str, Any], int, int], Plan]
-Answer = Callable[[str, Plan, str], dict[str, Any]]
-Frames = Callable[[str, Plan, dict[str, Any]], list[bytes]]
+Answer = Callable[[str, Plan, str, str | None], dict[str, Any]]
+Frames = Callable[[str, Plan, dict[str, Any], str | None], list[bytes]]
+
+
+def _seed(request: web.Request, body: dict[str, Any], label: str) -> str:
+    """What a deterministic answer's ids are made from: the path, the body, the credential."""
+    return f"{request.path}|{json.dumps(body, sort_keys=True)}|{label}"
 
 
 async def _generate(
@@ -233,11 +239,12 @@ async def _generate(
             return failed
         model = str(body.get("model") or settings.models[0])
         plan = planner(body, settings.chunks, settings.chunk_size)
+        seed = _seed(request, body, label) if settings.deterministic else None
         if not body.get("stream"):
             if settings.latency:
                 await asyncio.sleep(settings.latency)
-            return web.json_response(answer(model, plan, label))
-        return await _stream(request, settings, frames(model, plan, body))
+            return web.json_response(answer(model, plan, label, seed))
+        return await _stream(request, settings, frames(model, plan, body, seed))
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -250,7 +257,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         request,
         plan_chat,
         chat_completion,
-        lambda model, plan, body: chat_frames(model, plan, _include_usage(body)),
+        lambda model, plan, body, seed: chat_frames(model, plan, _include_usage(body), seed),
     )
 
 
@@ -260,8 +267,10 @@ async def responses(request: web.Request) -> web.StreamResponse:
     return await _generate(
         request,
         plan_responses,
-        lambda model, plan, _: response_object(model, plan),
-        lambda model, plan, _: [sse(e, e["type"]) for e in response_events(model, plan)],
+        lambda model, plan, _, seed: response_object(model, plan, seed=seed),
+        lambda model, plan, _, seed: [
+            sse(e, e["type"]) for e in response_events(model, plan, seed)
+        ],
     )
 
 
