@@ -73,11 +73,14 @@ def content_length(scope: Scope) -> int | None:
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes (413)."""
+    """The whole request body, refusing more than ``limit`` bytes (413). A client that leaves
+    before its body is complete is :class:`ClientGone`: a partial body never goes anywhere."""
     declared = content_length(scope)
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
     message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone()
     body = message.get("body", b"")
     if not message.get("more_body"):
         if len(body) > limit:

@@ -61,6 +61,11 @@ class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=2048, ge=0, le=65535)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="request line + headers")
+    max_headers: int = Field(default=100, gt=0)
+    header_timeout: float = Field(default=30.0, gt=0, description="seconds for a request head")
+    body_timeout: float = Field(default=30.0, gt=0, description="longest pause inside a body")
+    max_json_depth: int = Field(default=128, gt=0, le=1000, description="nesting of a JSON body")
     max_sessions: int = Field(default=1024, gt=0, description="concurrent client requests")
     drain_grace: float = Field(default=30.0, ge=0, description="seconds to drain on SIGTERM")
     auth_keys_file: Path | None = None
@@ -183,6 +188,11 @@ class PoolConfig(_Model):
     retries: int = Field(default=2, ge=0)
     unhealthy_after: int = Field(default=DEFAULTS.unhealthy_after, gt=0)
     cooldown: float = Field(default=DEFAULTS.cooldown, ge=0)
+    # When a client leaves mid-answer: read the rest of the answer and discard it ("drain")
+    # or close the upstream connection ("close"); either way the backend's lease is held
+    # until then, for at most abandon_grace seconds (see "How the pool behaves").
+    abandon: Literal["drain", "close"] = "drain"
+    abandon_grace: float = Field(default=30.0, gt=0)
     probe: ProbeConfig = ProbeConfig()
     provider: ProviderConfig = ProviderConfig()
     credentials_dir: Path | None = None

@@ -12,7 +12,12 @@ wall clock.
 
 from __future__ import annotations
 
-__all__ = ["RequestRow", "Selection", "SelectionRow"]
+import struct
+
+__all__ = ["FRAME", "RequestRow", "Selection", "SelectionRow"]
+
+#: The length prefix of each batch the writer sends the encoder (little-endian uint32).
+FRAME = struct.Struct("<I")
 
 #: A lease: ``perf_counter()`` when granted (for one granted at once on the first attempt,
 #: when its request started), seconds waited, requests still waiting then, backends in the pool

@@ -27,7 +27,6 @@ import functools
 import marshal
 import os
 import signal
-import struct
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from proxyfleet.debuglog.columns import RequestRow, Selection, SelectionRow
+from proxyfleet.debuglog.columns import FRAME, RequestRow, Selection, SelectionRow
 from proxyfleet.logs import SECRET_KEYS, redact
 
 __all__ = [
@@ -45,7 +44,6 @@ __all__ = [
 ]
 
 #: A frame on the pipe: its length (unsigned 32-bit, little-endian), then its bytes.
-FRAME = struct.Struct("<I")
 
 _COMMON = b'%s%s.%09dZ","elapsed_seconds":%.6f,"request_id":"%s"'
 _REQUESTS_LINE = _COMMON + (

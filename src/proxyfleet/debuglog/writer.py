@@ -37,8 +37,7 @@ from typing import Any
 
 import orjson
 
-from proxyfleet.debuglog.columns import RequestRow, SelectionRow
-from proxyfleet.debuglog.encoder import FRAME
+from proxyfleet.debuglog.columns import FRAME, RequestRow, SelectionRow
 from proxyfleet.logs import event
 
 __all__ = ["DebugLog"]

@@ -24,7 +24,7 @@ from proxyfleet.errors import PoolClosed, StateError, Unauthorized
 from proxyfleet.gateway.admission import Admission
 from proxyfleet.gateway.auth import ClientAuth
 from proxyfleet.gateway.failover import Failover
-from proxyfleet.gateway.forward import Forwarder
+from proxyfleet.gateway.forward import Abandon, Forwarder
 from proxyfleet.gateway.metrics import GatewayMetrics
 from proxyfleet.gateway.models import Models
 from proxyfleet.gateway.openai import OpenAIRoutes
@@ -135,12 +135,18 @@ class Gateway:
         if not models and translate is not None:
             models = tuple(config.pool.provider.model_map)
         self._openai = OpenAIRoutes(
-            Forwarder(failover, debug=recorder, events=events),
+            Forwarder(
+                failover,
+                abandon=Abandon(config.pool.abandon, config.pool.abandon_grace),
+                debug=recorder,
+                events=events,
+            ),
             auth=auth,
             admission=self.admission,
             metrics=self.metrics,
             models=Models(models, config.server.models_cache_ttl),
             body_limit=config.server.max_body_bytes,
+            max_json_depth=config.server.max_json_depth,
             pool_size=lambda: self.pool.size,
             translate=translate,
             events=events,

@@ -57,6 +57,10 @@ class ClientAuth:
         if _digest(key) not in self._keys:
             raise Unauthorized("invalid API key")
 
+    def is_key(self, value: str) -> bool:
+        """Is ``value`` one of the gateway's client keys?"""
+        return self._keys is not None and _digest(value) in self._keys
+
     def identity(self, scope: Scope) -> str:
         """Who a client is, for per-client limits: its key (as a short digest) when client auth
         is on, else its address."""

@@ -5,16 +5,23 @@ another backend through :class:`~proxyfleet.gateway.failover.Failover`; a 429 mo
 counting against the backend's health. Once bytes have gone to the client the request is
 never retried: a broken event stream ends with an SSE ``error`` event the client can parse,
 any other body is left incomplete so the client sees the truncation.
+
+A client that leaves while its backend works does not free the backend: the upstream would
+go on with the abandoned request until it next writes, beside the next one. The lease is held
+until the upstream is known to have stopped (:class:`Abandon`): its answer read to the end and
+discarded (``drain``), or its connection closed and ``grace`` seconds passed (``close``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Mapping
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from proxyfleet._asgi import Send, sse_error
 from proxyfleet.debuglog.recorder import DebugRecorder
-from proxyfleet.errors import GatewayError, UpstreamError, UpstreamTimeout
+from proxyfleet.errors import ClientGone, GatewayError, UpstreamError, UpstreamTimeout
 from proxyfleet.gateway.failover import RETRY_STATUSES, Failover, Retry
 from proxyfleet.gateway.recording import Recording
 from proxyfleet.gateway.rules import response_headers
@@ -22,7 +29,41 @@ from proxyfleet.orchestrator.events import StreamEvents
 from proxyfleet.pool import Lease
 from proxyfleet.transports import Exchange, Request, Transport
 
-__all__ = ["Forwarder", "StreamBroken", "Transform"]
+__all__ = ["Abandon", "Forwarder", "StreamBroken", "Transform"]
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """What is done with an upstream exchange whose client left (``pool.abandon``)."""
+
+    mode: Literal["drain", "close"] = "drain"
+    grace: float = 30.0  # drain: the longest it is read; close: how long the lease stays
+
+    @property
+    def waits_for_the_head(self) -> bool:
+        """A request already sent is left to answer (drain), not cut before its head."""
+        return self.mode == "drain"
+
+    async def settle(self, exchange: Exchange | None) -> None:
+        """Wait until the upstream has stopped, as far as can be known, then return (the
+        caller releases the lease). Runs in a task whose cancellation was for the client
+        leaving: that cancellation is taken back first."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
+        if exchange is not None and self.mode == "drain":
+            try:
+                async with asyncio.timeout(self.grace):
+                    while await exchange.next_chunk() is not None:
+                        pass
+                exchange.release()
+                return  # the answer ended: the upstream is done with it
+            except (TimeoutError, UpstreamError):
+                pass
+        if exchange is not None:
+            exchange.close()
+        if self.mode == "close":
+            await asyncio.sleep(self.grace)
 
 
 class StreamBroken(Exception):
@@ -44,10 +85,12 @@ class Forwarder:
         self,
         failover: Failover,
         *,
+        abandon: Abandon = Abandon(),
         debug: DebugRecorder | None = None,
         events: StreamEvents | None = None,
     ) -> None:
         self._failover = failover
+        self.abandon = abandon
         self._debug = debug
         self._events = events
 
@@ -67,11 +110,28 @@ class Forwarder:
             try:
                 exchange = await transport.handle(lease.backend, request)
             except UpstreamError as exc:
+                if recording.gone:
+                    raise ClientGone() from exc
                 lease.fail()
                 self._note(recording.rid, lease.backend.id, exc)
                 raise Retry(exc) from exc
+            except asyncio.CancelledError:
+                if not recording.gone:
+                    raise
+                await self.abandon.settle(None)  # the request was cut before any answer
+                raise ClientGone() from None
+            if recording.gone:  # the client left while the answer's head was on its way
+                await self.abandon.settle(exchange)
+                raise ClientGone()
+            recording.answering = True
             try:
                 await self._deliver(send, exchange, lease, recording, transform, last)
+            except asyncio.CancelledError:
+                if not recording.gone:
+                    exchange.close()
+                    raise
+                await self.abandon.settle(exchange)
+                raise ClientGone() from None
             except BaseException:
                 exchange.close()
                 raise

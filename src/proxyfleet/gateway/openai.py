@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +20,6 @@ from typing import Any
 from proxyfleet._asgi import Receive, Scope, Send, read_body, send_error, sse_error
 from proxyfleet.debuglog.requests import RequestLog
 from proxyfleet.errors import (
-    BadRequest,
     ClientGone,
     GatewayError,
     NoHealthyBackend,
@@ -33,7 +31,14 @@ from proxyfleet.gateway.forward import Forwarder, StreamBroken, Transform
 from proxyfleet.gateway.metrics import GatewayMetrics
 from proxyfleet.gateway.models import Models
 from proxyfleet.gateway.recording import Recording
-from proxyfleet.gateway.rules import forwarded_headers, header, request_id, upstream_path
+from proxyfleet.gateway.rules import (
+    forwarded_headers,
+    header,
+    parse_json,
+    request_id,
+    strip_query,
+    upstream_path,
+)
 from proxyfleet.gateway.translate import ChatToResponses
 from proxyfleet.logs import event
 from proxyfleet.orchestrator.events import StreamEvents
@@ -62,6 +67,7 @@ class OpenAIRoutes:
         metrics: GatewayMetrics,
         models: Models,
         body_limit: int,
+        max_json_depth: int,
         pool_size: Callable[[], int],
         translate: TranslateOptions | None = None,
         events: StreamEvents | None = None,
@@ -75,6 +81,7 @@ class OpenAIRoutes:
         self._metrics = metrics
         self._models = models
         self._body_limit = body_limit
+        self._max_depth = max_json_depth
         self._pool_size = pool_size
         self._translate = translate
         self._events = events
@@ -130,12 +137,15 @@ class OpenAIRoutes:
     async def _serve(
         self, scope: Scope, receive: Receive, path: str, route: str, recording: Recording
     ) -> None:
-        tail = upstream_path(path, scope.get("raw_path"), scope["query_string"])
+        query = scope["query_string"]
+        if query and self._strip:  # the gateway's own key never goes upstream, even in a query
+            query = strip_query(query, self._auth.is_key)
+        tail = upstream_path(path, scope.get("raw_path"), query)
         body = await read_body(scope, receive, self._body_limit)
         method = scope["method"]
         transform: Transform | None = None
         if route in _JSON_ROUTES and method == "POST":
-            data = _check_json(body)
+            data = parse_json(body, self._max_depth)
             if route == "responses" and self._translate is not None:
                 tail, body, transform = self._to_chat(data, recording.rid)
         send: Send = recording.send
@@ -170,30 +180,37 @@ class OpenAIRoutes:
         send: Send,
         transform: Transform | None,
     ) -> None:
-        """Forward, cancelling everything (and freeing the lease) the moment the client leaves."""
+        """Forward, watching for the client to leave. Before a backend is leased, leaving
+        cancels the request at once; after, the backend is settled first (see
+        :class:`~proxyfleet.gateway.forward.Abandon`) and freed only then."""
         task = asyncio.current_task()
         assert task is not None  # we run inside the server's request task
-        gone = False
+        finished = False
+        abandon = self._forwarder.abandon
 
         def on_message(watcher: asyncio.Future[Any]) -> None:
-            nonlocal gone
-            if recording.complete or watcher.cancelled() or watcher.exception() is not None:
+            if finished or recording.complete or watcher.cancelled():
                 return
-            if watcher.result().get("type") == "http.disconnect":
-                gone = True
+            if watcher.exception() is not None:
+                return
+            if watcher.result().get("type") != "http.disconnect":
+                return
+            recording.gone = True
+            if recording.backend is None or recording.answering or not abandon.waits_for_the_head:
                 task.cancel()
+            # else: the upstream has the request; its answer is drained when its head comes
 
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(on_message)
         try:
             await self._forwarder.forward(request, recording, send, transform)
         except asyncio.CancelledError:
-            if gone:
+            if recording.gone and task.cancelling():  # left while waiting for a backend
                 task.uncancel()
                 raise ClientGone() from None
             raise
         finally:
-            recording.complete = True
+            finished = True
             if not watcher.done():
                 watcher.cancel()
 
@@ -228,15 +245,3 @@ async def _cancelled(recording: Recording) -> None:
             await send_error(recording.send, error, recording.rid.encode())
         elif recording.sse and not recording.complete:
             await recording.send({"type": "http.response.body", "body": sse_error(error)})
-
-
-def _check_json(body: bytes) -> dict[str, Any]:
-    if not body:
-        raise BadRequest("request body must be a JSON object", code="invalid_json")
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object", code="invalid_json")
-    return data

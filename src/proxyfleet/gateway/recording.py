@@ -24,6 +24,7 @@ class Recording:
 
     __slots__ = (
         "_send",
+        "answering",
         "backend",
         "broken",
         "bytes",
@@ -48,6 +49,7 @@ class Recording:
         self.complete = False  # the last body message went (or is going) out
         self.sse = False  # the body is an event stream
         self.backend: str | None = None  # the backend of the lease that served it
+        self.answering = False  # its upstream exchange has an answer head
         self.broken: str | None = None  # why a started stream ended early: upstream_error…
         self.gone = False  # the client disconnected
         # debug mode: the lease that served it, when that lease waited or was not the first

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
+
+import orjson
 
 from proxyfleet.errors import BadRequest
 
@@ -159,3 +161,58 @@ def response_headers(
         out = [(k, v) for k, v in out if k not in extra]
     out.append((b"x-request-id", rid))
     return out
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
+
+
+def parse_json(body: bytes, max_depth: int) -> dict[str, Any]:
+    """A request body that must be a JSON object, nested at most ``max_depth`` levels, its
+    numbers within a 64-bit integer or a double; else 400 ``invalid_json`` saying which."""
+    if not body:
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc)
+        if "depth" in reason or "recursion" in reason:
+            reason = f"nested deeper than {max_depth} levels (server.max_json_depth)"
+        elif "number" in reason or "integer" in reason.lower():
+            reason = f"a number out of range (numbers must fit a 64-bit integer or a double): {exc}"
+        raise BadRequest(f"malformed JSON: {reason}", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    # a container count within the limit cannot nest deeper: most bodies stop here
+    if body.count(b"{") + body.count(b"[") > max_depth and _too_deep(data, max_depth):
+        raise BadRequest(
+            f"malformed JSON: nested deeper than {max_depth} levels (server.max_json_depth)",
+            code="invalid_json",
+        )
+    return data
+
+
+#: Query parameters that carry a key, whoever's: dropped when client auth is on.
+_KEY_PARAMS = frozenset({"api_key", "api-key", "apikey", "x-api-key", "access_token"})
+
+
+def strip_query(query: bytes, is_key: Callable[[str], bool]) -> bytes:
+    """``query`` without parameters that carry a key: those named like one, and any whose
+    value ``is_key`` (a gateway client key). The others keep their bytes as they were."""
+    kept = []
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        text = unquote_plus(name.decode("latin-1")).lower()
+        if text in _KEY_PARAMS or (value and is_key(unquote_plus(value.decode("latin-1")))):
+            continue
+        kept.append(part)
+    return b"&".join(kept)

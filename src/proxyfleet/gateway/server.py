@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import uvicorn
 import uvloop
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxyfleet.config.model import Config
 from proxyfleet.gateway.app import Gateway
 from proxyfleet.gateway.auth import load_keys
+from proxyfleet.gateway.protocol import Limits, protocol_for
 from proxyfleet.logs import event
 from proxyfleet.pool import BackendSpec
 
@@ -47,18 +47,6 @@ def check_serving(config: Config) -> None:
     """What must hold before listening (a ConfigError otherwise): the client keys file."""
     if config.server.auth_keys_file is not None:
         load_keys(config.server.auth_keys_file)
-
-
-class _HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, keeping an absolute-form request target
-    (``GET http://elsewhere/v1/x``) visible as ``raw_path`` so that the gateway refuses it with
-    400 instead of serving it as its bare path."""
-
-    def on_headers_complete(self) -> None:
-        target = self.url
-        super().on_headers_complete()
-        if target[:1] != b"/" and "raw_path" in self.scope:
-            self.scope["raw_path"] = target
 
 
 class GatewayServer(uvicorn.Server):
@@ -92,7 +80,14 @@ def uvicorn_config(gateway: Gateway, config: Config) -> uvicorn.Config:
     return uvicorn.Config(
         app=gateway,
         loop="none",
-        http=_HttpProtocol,
+        http=protocol_for(
+            Limits(
+                header_timeout=config.server.header_timeout,
+                body_timeout=config.server.body_timeout,
+                max_header_bytes=config.server.max_header_bytes,
+                max_headers=config.server.max_headers,
+            )
+        ),
         ws="websockets-sansio",
         lifespan="on",
         log_config=None,
