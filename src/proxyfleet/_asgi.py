@@ -4,6 +4,7 @@ the OpenAI shape, bounded body reads."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -16,6 +17,7 @@ __all__ = [
     "Send",
     "lifespan",
     "read_body",
+    "retry_after",
     "send_error",
     "send_json",
     "sse_error",
@@ -53,8 +55,13 @@ async def send_json(
 async def send_error(send: Send, error: GatewayError, rid: bytes | None = None) -> None:
     extra = []
     if error.retry_after is not None:
-        extra.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+        extra.append((b"retry-after", retry_after(error.retry_after)))
     await send_json(send, error.status, error.body(), rid, extra)
+
+
+def retry_after(seconds: float) -> bytes:
+    """A ``Retry-After`` value: whole seconds, rounded up (never sooner than said), at least 1."""
+    return str(max(1, math.ceil(seconds))).encode()
 
 
 def sse_error(error: GatewayError) -> bytes:

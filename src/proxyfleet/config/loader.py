@@ -82,10 +82,18 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _env_value(raw: str) -> object:
+    """A variable's value parsed as YAML (``true``, ``[a, b]``), else the text as it is."""
+    try:
+        return yaml.safe_load(raw) if raw else raw
+    except yaml.YAMLError:
+        return raw
+
+
 def _env_layer(layers: _Layers, env: Mapping[str, str]) -> None:
     for alias, path in _ALIASES.items():
         if env.get(alias):
-            layers.put(path, yaml.safe_load(env[alias]), f"environment variable {alias}")
+            layers.put(path, _env_value(env[alias]), f"environment variable {alias}")
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -95,12 +103,7 @@ def _env_layer(layers: _Layers, env: Mapping[str, str]) -> None:
         path = tuple(part.lower() for part in rest.split("__"))
         if any(not part for part in path):
             raise ConfigError(name, "", "empty path segment in variable name")
-        raw = env[name]
-        try:
-            value: object = yaml.safe_load(raw) if raw else raw
-        except yaml.YAMLError:
-            value = raw
-        layers.put(path, value, f"environment variable {name}")
+        layers.put(path, _env_value(env[name]), f"environment variable {name}")
 
 
 def _format_loc(loc: tuple[str | int, ...]) -> str:

@@ -243,7 +243,7 @@ class McpUpstreamConfig(_Model):
 def _check_mcp_path(value: str) -> str:
     if not value.startswith("/") or value == "/" or value.endswith("/"):
         raise ValueError(f"must start with '/' and not end with one, got {value!r}")
-    if value == "/v1" or value.startswith(("/v1/", "/admin")) or value in _OPS_PATHS:
+    if value in ("/v1", "/admin") or value.startswith(("/v1/", "/admin/")) or value in _OPS_PATHS:
         raise ValueError(f"{value!r} is taken by the gateway's own routes")
     return value
 

@@ -101,8 +101,17 @@ class Encoder:
         """Encode and append one frame's entries; a file that cannot be written loses its
         lines (and says so once on stderr) but never stops the others."""
         batches = self._row_lines(frame)
+        ends = []  # session_end goes last: its counts must know what this frame lost
         for category, ns, rid, fields in orjson.loads(frame["entries"]):
+            if category == "session" and fields.get("event") == "session_end":
+                ends.append((ns, rid, fields))
+                continue
             batches.setdefault(category, []).append(self._line(category, ns, rid, fields))
+        self._write(batches)
+        if ends:
+            self._write({"session": [self._line("session", *end) for end in ends]})
+
+    def _write(self, batches: dict[str, list[bytes]]) -> None:
         for category, lines in batches.items():
             try:
                 handle = self._file(category)
@@ -172,9 +181,13 @@ class Encoder:
             batches["engine_selection"] = selections
         return batches
 
-    def lost(self, frame: dict[str, Any], exc: Exception) -> None:
-        """A frame that could not be written: its entries count as failed."""
+    def lost(self, frame: dict[str, Any] | None, exc: Exception) -> None:
+        """A frame that could not be read or written: its entries count as failed (one, when
+        the frame itself could not be read)."""
         print(f"proxyfleet debug encoder: a batch was lost: {exc!r}", file=sys.stderr)
+        if frame is None:
+            self.failed += 1
+            return
         with contextlib.suppress(Exception):
             self.failed += len(frame["requests"]) + len(frame["selections"])
             self.failed += len(orjson.loads(frame["entries"]))
@@ -230,8 +243,8 @@ class Encoder:
         return handle
 
 
-def read_frames(source: BinaryIO) -> Iterator[dict[str, Any]]:
-    """Frames from ``source`` until its end (a torn last frame is the end too)."""
+def read_frames(source: BinaryIO) -> Iterator[bytes]:
+    """The frames' bytes from ``source`` until its end (a torn last frame is the end too)."""
     while True:
         head = source.read(FRAME.size)
         if len(head) < FRAME.size:
@@ -240,7 +253,7 @@ def read_frames(source: BinaryIO) -> Iterator[dict[str, Any]]:
         body = source.read(size)
         if len(body) < size:
             return
-        yield marshal.loads(body)
+        yield body
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,8 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.nice(10)
     encoder = Encoder(args.dir, args.session, args.start_ns, args.secret_field)
     with os.fdopen(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False) as source:
-        for frame in read_frames(source):
+        for body in read_frames(source):
+            frame = None
             try:
+                frame = marshal.loads(body)
                 encoder.write(frame)
             except Exception as exc:  # a frame it cannot read: said, counted, not fatal
                 encoder.lost(frame, exc)

@@ -172,8 +172,9 @@ def follow(
     stop: Callable[[], bool],
     interval: float = 0.2,
 ) -> None:
-    """Print new entries as they are written, until ``stop()`` says so."""
-    seen: dict[Path, int] = {}
+    """Print entries written from now on (what the files hold already is not repeated), until
+    ``stop()`` says so. A file that appears later is read from its start."""
+    seen = {path: path.stat().st_size for path in directory.glob("*_*.jsonl")}
     wanted = set(categories)
     while not stop():
         for line in _new_lines(directory, wanted, seen):

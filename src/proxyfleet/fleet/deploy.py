@@ -35,6 +35,8 @@ __all__ = ["Deployment", "NginxSettings", "Routing", "ServerSpec", "load_deploym
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 Route = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._~/-]*$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+#: An IP address or a host name: nothing nginx would read as more than one word.
+Host = Annotated[str, StringConstraints(pattern=r"^(\[?[0-9A-Fa-f:.]+\]?|[A-Za-z0-9.-]+)$")]
 
 
 class _Model(BaseModel):
@@ -42,7 +44,7 @@ class _Model(BaseModel):
 
 
 class NginxSettings(_Model):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: Port = 8000
     worker_processes: int = Field(default=1, ge=1, le=64)
     worker_connections: int = Field(default=1024, ge=16)

@@ -50,6 +50,11 @@ def _location(path: str, target: str, websocket: bool) -> str:
     )
 
 
+def _address(host: str) -> str:
+    """A host as nginx's ``listen`` takes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def render_nginx(deployment: Deployment, prefix: Path) -> str:
     """The nginx.conf text. ``prefix`` is where pid, logs and temp files go."""
     nginx = deployment.nginx
@@ -83,7 +88,7 @@ def render_nginx(deployment: Deployment, prefix: Path) -> str:
     for name, server in deployment.servers.items():
         out.append(_upstream(name, server.ports()))
     out.append(
-        f"    server {{\n        listen {nginx.host}:{nginx.port};\n"
+        f"    server {{\n        listen {_address(nginx.host)}:{nginx.port};\n"
         "        client_max_body_size 10m;\n"
     )
     for name, server in deployment.servers.items():

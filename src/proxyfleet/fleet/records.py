@@ -115,6 +115,8 @@ def read_record(files: InstanceFiles) -> InstanceRecord | None:
     """The record, or None when there is none or it cannot be read (a torn or foreign file)."""
     try:
         data = json.loads(files.pid.read_text())
+        if not isinstance(data, dict):
+            return None  # valid JSON, but not a record of ours
         data["args"] = tuple(data.get("args", ()))
         return InstanceRecord(**data)
     except (OSError, ValueError, TypeError):

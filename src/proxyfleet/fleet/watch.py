@@ -73,8 +73,9 @@ class Watcher:
             return
         if self._pending is not None and time.monotonic() - self._pending >= self.debounce:
             self._pending = None
-            touched, self._touched = self._touched, set()
-            self.apply(touched)
+            if self.apply(self._touched):
+                self._touched = set()
+            # a refused change keeps what it touched: the edit that fixes it applies them all
 
     def apply(self, touched: set[Path]) -> bool:
         say = self.manager.say

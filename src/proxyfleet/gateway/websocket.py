@@ -11,7 +11,7 @@ import contextlib
 import json
 from typing import TYPE_CHECKING
 
-from proxyfleet._asgi import Receive, Scope, Send
+from proxyfleet._asgi import Receive, Scope, Send, retry_after
 from proxyfleet.errors import GatewayError, NotFound, UpstreamError, UpstreamRefused
 from proxyfleet.gateway.admission import Admission
 from proxyfleet.gateway.auth import ClientAuth
@@ -159,7 +159,7 @@ async def reject(scope: Scope, send: Send, error: GatewayError, rid: str | None 
     if rid:
         headers.append((b"x-request-id", rid.encode()))
     if error.retry_after is not None:
-        headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+        headers.append((b"retry-after", retry_after(error.retry_after)))
     await send(
         {"type": "websocket.http.response.start", "status": error.status, "headers": headers}
     )

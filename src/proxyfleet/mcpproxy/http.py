@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from proxyfleet._asgi import Receive, Scope, Send, read_body
+from proxyfleet._asgi import retry_after as retry_after_value
 from proxyfleet.errors import ClientGone, GatewayError
 from proxyfleet.mcpproxy.jsonrpc import (
     INVALID_REQUEST,
@@ -66,7 +67,7 @@ async def _send_error(
     message: str,
     retry_after: float | None = None,
 ) -> None:
-    headers = [(b"retry-after", str(int(retry_after)).encode())] if retry_after else []
+    headers = [(b"retry-after", retry_after_value(retry_after))] if retry_after else []
     await _send_body(send, status, error_body(ident, code, message), headers)
 
 

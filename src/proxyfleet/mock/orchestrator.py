@@ -237,9 +237,9 @@ async def provision(request: web.Request) -> web.Response:
     mock.counts["provision_requests"] += 1
     started = time.perf_counter()
     mock.log("provisioning", rid, operation="start_acestream_begin")
-    faults = mock.faults
-    if faults.slow:
-        await asyncio.sleep(faults.slow)
+    if mock.faults.slow:
+        await asyncio.sleep(mock.faults.slow)
+    faults = mock.faults  # as they are now: a change made while it slept counts
 
     def failed(status: int, body: dict[str, Any], error: str) -> web.Response:
         mock.counts["failed"] += 1

@@ -40,5 +40,12 @@ class SSEParser:
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
+    """One SSE event. Text goes out as UTF-8; a lone surrogate (half of a pair an upstream
+    split across two escapes) stays escaped, ``\\ud83d``, as JSON allows."""
     data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    text = f"event: {event['type']}\ndata: {data}\n\n"
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        escaped = json.dumps(event, separators=(",", ":"))
+        return f"event: {event['type']}\ndata: {escaped}\n\n".encode()
