@@ -229,16 +229,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
+    from proxyfleet.logs import redact
+
     config, backends = load_from(args)
-    print(
-        json.dumps(
-            {
-                "config": json.loads(config.model_dump_json()),
-                "backends": [b.describe() for b in backends],
-            },
-            indent=2,
-        )
-    )
+    shown = {
+        "config": json.loads(config.model_dump_json()),
+        "backends": [b.describe() for b in backends],
+    }
+    print(json.dumps(redact(shown), indent=2))  # keys, bearer tokens, URL passwords masked
     return 0
 
 

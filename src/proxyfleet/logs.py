@@ -16,13 +16,29 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["SECRET_KEYS", "configure_logging", "event", "redact"]
+__all__ = ["SECRET_KEYS", "configure_logging", "event", "looks_secret", "redact"]
 
 SECRET_KEYS = frozenset(
     {"authorization", "cookie", "set-cookie", "x-api-key", "api_key", "apikey", "password", "token"}
 )
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
 _SK = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*):[^/@\s]+@")  # user:password@ in a URL
+_TOKEN = re.compile(r"^[A-Za-z0-9_.+/=-]{24,}$")  # one long word of key characters
+
+
+def looks_secret(value: object) -> bool:
+    """Could ``value`` be a credential (a key, a token, a URL with a password)? Then an error
+    message names the field and the reason, never the value."""
+    if not isinstance(value, str):
+        return False
+    if _SK.search(value) or _BEARER.search(value) or _URL_PASSWORD.search(value):
+        return True
+    return (
+        bool(_TOKEN.match(value))
+        and any(c.isdigit() for c in value)
+        and any(c.isalpha() for c in value)
+    )
 
 
 def redact(value: Any) -> Any:
@@ -35,6 +51,7 @@ def redact(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     if isinstance(value, str):
+        value = _URL_PASSWORD.sub(r"\1:[redacted]@", value)
         return _SK.sub("sk-[redacted]", _BEARER.sub(r"\1 [redacted]", value))
     return value
 

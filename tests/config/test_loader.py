@@ -9,6 +9,7 @@ import yaml
 
 from proxyfleet.config import load_config, resolve_backends
 from proxyfleet.errors import ConfigError
+from tests.conftest import run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "proxyfleet.yaml"
 
@@ -134,3 +135,52 @@ def test_mcp_example_loads() -> None:
     assert config.mcp[1].upstream.url == "http://127.0.0.1:8931/mcp"
     assert resolve_backends(config) == ()  # MCP routes alone need no /v1 backends
     assert "example-not-a-real-key" not in repr(config)
+
+
+# -- secrets never echoed (issue: config errors showed the offending value) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (
+            "mcp:\n  - path: /x\n"
+            "    upstream: {command: [echo], env: {TOKEN: 12345678901234567890}}\n",
+            "mcp[0].upstream.env.TOKEN",
+        ),
+        ('upstream: {base_url: "sk-live-verysecretkey123456"}\n', "upstream.base_url"),
+        ('pool: {upstreams: ["ftp://user:s3cretpw@host/v1"]}\n', "pool.upstreams[0]"),
+        ('upstream: {base_url: "ghp1234567890abcdefghijklmnopqrst"}\n', "upstream.base_url"),
+        ("pool: {backends: [{id: a, api_key: [sk-keyinalist-123456]}]}\n", "pool.backends[0]"),
+    ],
+)
+def test_config_errors_name_the_field_never_a_secret_value(
+    tmp_path: Path, text: str, field: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    result = run_cli("config", "--config", str(path))
+    assert result.returncode == 2
+    assert field in result.stderr
+    for secret in (
+        "12345678901234567890",
+        "verysecretkey",
+        "s3cretpw",
+        "ghp1234567890",
+        "keyinalist",
+    ):
+        assert secret not in result.stderr + result.stdout
+    assert result.stderr.count("(got") <= 1  # never the value twice
+
+
+def test_proxyfleet_config_masks_url_passwords_and_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        'upstream: {base_url: "https://user:hunter2pass@api.example.com/v1"}\n'
+        "pool: {backends: [{id: a, api_key: sk-abcdefghijklmnop}]}\n"
+    )
+    result = run_cli("config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "hunter2pass" not in result.stdout
+    assert "sk-abcdefghijklmnop" not in result.stdout
+    assert "api.example.com" in result.stdout

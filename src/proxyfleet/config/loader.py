@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from proxyfleet.config.model import Config
 from proxyfleet.errors import ConfigError
+from proxyfleet.logs import looks_secret
 
 __all__ = ["ENV_PREFIX", "RESERVED_ENV", "load_config"]
 
@@ -28,7 +29,9 @@ ENV_PREFIX = "PROXYFLEET_"
 #: Environment variables of ours that are not config fields.
 RESERVED_ENV = frozenset({"CONFIG", "RUNTIME_DIR"})
 #: Fields whose values are never echoed in an error message.
-_SECRET_FIELDS = frozenset({"api_key", "headers"})
+#: Fields whose values are secrets wherever they are (inline keys, header values, a child's
+#: environment): an error names the field, never what was in it.
+_SECRET_FIELDS = frozenset({"api_key", "headers", "env", "password", "token"})
 
 
 @dataclass
@@ -134,9 +137,10 @@ def load_config(
         first = errors[0]
         loc = tuple(str(p) for p in first["loc"])
         reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        reason = reason.removeprefix("Value error, ")
         if first["type"] != "extra_forbidden" and "input" in first:
             shown = first["input"]
-            secret = any(str(p) in _SECRET_FIELDS for p in first["loc"])
+            secret = any(str(p) in _SECRET_FIELDS for p in first["loc"]) or looks_secret(shown)
             if not secret and not isinstance(shown, dict | list):
                 reason += f" (got {shown!r})"
         if len(errors) > 1:

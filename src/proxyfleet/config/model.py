@@ -48,7 +48,7 @@ class _Model(BaseModel):
 
 def _check_http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        raise ValueError("must be an http:// or https:// URL")  # the loader shows the value
     return value.rstrip("/")
 
 
@@ -242,7 +242,7 @@ class McpUpstreamConfig(_Model):
 
 def _check_mcp_path(value: str) -> str:
     if not value.startswith("/") or value == "/" or value.endswith("/"):
-        raise ValueError(f"must start with '/' and not end with one, got {value!r}")
+        raise ValueError("must start with '/' and not end with one")
     if value in ("/v1", "/admin") or value.startswith(("/v1/", "/admin/")) or value in _OPS_PATHS:
         raise ValueError(f"{value!r} is taken by the gateway's own routes")
     return value
