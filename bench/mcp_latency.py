@@ -2,7 +2,7 @@
 tool-call round trips through the proxy vs direct, stdio and streamable-HTTP upstreams alike.
 
 Everything runs on 127.0.0.1 with the real ``mcp`` SDK client and the test server
-(tests/mcp/server_app.py); each loop is bounded by its count.
+(tests/mcpproxy/server_app.py); each loop is bounded by its count.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from mcp import Client, StdioServerParameters
 
-SERVER = str(Path(__file__).resolve().parents[1] / "tests" / "mcp" / "server_app.py")
+SERVER = str(Path(__file__).resolve().parents[1] / "tests" / "mcpproxy" / "server_app.py")
 
 
 def _ms(values: list[float]) -> tuple[float, float]:

@@ -177,7 +177,7 @@ class McpHttp:
             await _send_body(send, 202, b"", headers)
             return
         try:
-            await self._answer(receive, send, exchange, headers)
+            await self._answer(receive, send, session, exchange, headers)
         except ClientGone:
             session.forget(exchange)
 
@@ -185,6 +185,7 @@ class McpHttp:
         self,
         receive: Receive,
         send: Send,
+        session: Session,
         exchange: Exchange,
         headers: list[tuple[bytes, bytes]],
     ) -> None:
@@ -193,6 +194,8 @@ class McpHttp:
             assert first is not None  # the end marker only ever follows a message
             if not exchange.pending and exchange.queue.qsize() == 1:
                 exchange.queue.get_nowait()  # the end marker
+                if session.release is not None:
+                    session.release()
                 await _send_body(send, 200, first, headers)
                 return
             await send(
@@ -202,6 +205,8 @@ class McpHttp:
             while item is not None:
                 await send({"type": "http.response.body", "body": _event(item), "more_body": True})
                 item = await _next(exchange.queue, gone, keepalive=send)
+            if session.release is not None:
+                session.release()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- GET: the stream of server-initiated messages ------------------------------------------

@@ -7,6 +7,7 @@ method) and forwards every message byte for byte.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,26 +67,48 @@ def _classify(data: object, raw: bytes) -> Message:
     raise InvalidMessage("neither a request, a notification nor a response")
 
 
+def _loads(text: bytes) -> Any:
+    """JSON, read fast; a number orjson cannot hold exactly (an integer above 64 bits, such
+    as an id above 2**63) is read again exactly, so the value the proxy keeps is the one
+    sent."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "number" not in str(exc):
+            raise
+        return json.loads(text)
+    if (isinstance(data, dict) and isinstance(data.get("id"), float)) or isinstance(data, list):
+        return json.loads(text)  # rare: a float id, or a batch whose items are re-encoded
+    return data
+
+
 def parse_line(line: bytes) -> Message:
     """One newline-delimited message from a stdio server."""
     try:
-        data = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
+        data = _loads(line)
+    except ValueError as exc:
         raise InvalidMessage(f"not JSON: {exc}", PARSE_ERROR) from exc
     return _classify(data, line)
 
 
 def parse_body(body: bytes) -> list[Message]:
-    """A POST body: one message or a batch (a non-empty array). Each keeps its own bytes."""
+    """A POST body: one message or a batch (a non-empty array). A single message keeps its
+    bytes; a batch's items are written out again, each on one line, their values exact."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        data = _loads(body)
+    except ValueError as exc:
         raise InvalidMessage(f"malformed JSON: {exc}", PARSE_ERROR) from exc
     if isinstance(data, list):
         if not data:
             raise InvalidMessage("an empty batch")
-        return [_classify(item, orjson.dumps(item)) for item in data]
+        return [_classify(item, _line(item)) for item in data]
     return [_classify(data, body.strip().replace(b"\n", b" ").replace(b"\r", b" "))]
+
+
+def _line(item: Any) -> bytes:
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
 
 
 def error_body(ident: Any, code: int, message: str, data: Any = None) -> bytes:

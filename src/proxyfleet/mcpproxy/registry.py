@@ -53,6 +53,8 @@ class Route:
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
         self._filler: asyncio.Task[None] | None = None
+        self._warming: set[Upstream] = set()  # starting, or warming as a spare: no owner yet
+        self._stopping: set[asyncio.Task[None]] = set()  # children being stopped
         self.spawn_failures = 0
         self.deaths = 0
         self.started_total = 0
@@ -77,13 +79,16 @@ class Route:
             self._retire(session)
             if session.child is not None:
                 stops.append(session.child.stop(self.config.stop_timeout))
-        stops += [c.stop(self.config.stop_timeout) for c in self._spare + self._idle]
-        self._spare.clear()
-        self._idle.clear()
-        await asyncio.gather(*stops, return_exceptions=True)
-        for task in list(self._tasks):
+        for task in list(self._tasks):  # fillers and refills: nothing more is started
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        children = [*self._spare, *self._idle, *self._warming]  # warming: a filler was cut
+        stops += [c.stop(self.config.stop_timeout) for c in children]
+        self._spare.clear()
+        self._idle.clear()
+        self._warming.clear()
+        # stops already under way (children given up on) are waited for, never cut short
+        await asyncio.gather(*stops, *self._stopping, return_exceptions=True)
 
     # -- children --------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -98,9 +103,11 @@ class Route:
             headers = {k: v.get_secret_value() for k, v in upstream.headers.items()}
             return HttpUpstream(upstream.url, self._http, _drop, self._spare_exited, headers)
         child = Child(upstream.command, self._env(), upstream.cwd, _drop, self._spare_exited)
+        self._warming.add(child)  # until someone holds it: stop() stops it if it is cut off
         try:
             await child.start()
         except OSError as exc:
+            self._warming.discard(child)
             self.spawn_failures += 1
             event(
                 _log,
@@ -113,6 +120,12 @@ class Route:
             raise SpawnFailed(
                 f"cannot start the MCP server {upstream.command[0]!r}: {exc.strerror or exc}"
             ) from exc
+        except BaseException:
+            if not child.alive:
+                self._warming.discard(child)
+            raise
+        if not self._closing:
+            self._warming.discard(child)
         self.started_total += 1
         return child
 
@@ -145,9 +158,11 @@ class Route:
                 child = await self._spawn()
             except SpawnFailed:
                 return
-            await self._warm(child)
+            self._warming.add(child)
+            await self._warm(child)  # cut off by stop(): it stays in _warming, to be stopped
+            self._warming.discard(child)
             if self._closing or not child.alive:
-                await child.stop(self.config.stop_timeout)
+                self._stop_later(child)
                 return
             self._spare.append(child)
 
@@ -186,6 +201,13 @@ class Route:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _stop_later(self, child: Upstream) -> None:
+        """Stop a child in the background; :meth:`stop` waits for it rather than cutting it
+        short (a stop cut after stdin closed but before SIGTERM would leave it running)."""
+        task = asyncio.ensure_future(child.stop(self.config.stop_timeout))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     # -- sessions --------------------------------------------------------------------------
     def _check_limits(self, client: str) -> None:
@@ -290,18 +312,30 @@ class Route:
         session = Session(f"stateless-{next(self._stateless_ids)}", client, child)
         child.on_message = session.deliver
         child.on_exit = lambda c: self._session_child_exited(session, c)
-        clean = False
+        given_back = False
+
+        def give_back() -> None:
+            """The exchange is answered: the child goes back to the idle ones now, before
+            the answer is sent (the client's next request may come right after it)."""
+            nonlocal given_back
+            reusable = not session.busy and child.alive and not self._closing
+            if given_back or not reusable or len(self._idle) >= max(4, self.config.prestart):
+                return
+            given_back = True
+            self._leased -= 1
+            child.on_message = _drop
+            child.on_exit = self._spare_exited
+            self._idle.append(child)
+
+        session.release = give_back
         try:
             yield session
-            clean = not session.busy and child.alive
+            give_back()
         finally:
-            self._leased -= 1
-            if clean and not self._closing and len(self._idle) < max(4, self.config.prestart):
-                child.on_message = _drop
-                child.on_exit = self._spare_exited
-                self._idle.append(child)
-            else:
-                self._spawn_later(child.stop(self.config.stop_timeout))
+            session.release = None
+            if not given_back:
+                self._leased -= 1
+                self._stop_later(child)
 
     # -- idle expiry -----------------------------------------------------------------------
     async def _reap(self, interval: float) -> None:

@@ -37,6 +37,10 @@ _HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "ap
 _PASSED = ("mcp-protocol-version",)  # client headers the upstream must see too
 
 
+def _answers(message: Message, sent: Message | None) -> bool:
+    return sent is not None and message.kind is Kind.RESPONSE and message.id == sent.id
+
+
 class HttpUpstream:
     def __init__(
         self,
@@ -118,17 +122,18 @@ class HttpUpstream:
         if status == 404 and self.session_id and not initializing:
             self._end(f"the MCP server at {self.url} ended the session (404)")
             self._answer_error(message, self.describe_exit())
-        elif status == 202:
             return
-        elif status >= 300:  # it may still carry a JSON-RPC error: pass that on
-            if not await self._relay(response):
-                self._answer_error(message, f"the MCP server at {self.url} answered {status}")
-        else:
-            await self._relay(response)
+        answered = await self._relay(response, message)
+        if message.kind is Kind.REQUEST and not answered:  # nothing else would ever answer it
+            what = f"answered {status}"
+            if status < 300:
+                what += f" without a response to request {message.id!r}"
+            self._answer_error(message, f"the MCP server at {self.url} {what}")
 
-    async def _relay(self, response: aiohttp.ClientResponse) -> bool:
-        """Pass on what a response holds; False when it held no JSON-RPC message."""
+    async def _relay(self, response: aiohttp.ClientResponse, sent: Message | None) -> bool:
+        """Pass on what a response holds; True when it held the response to ``sent``."""
         kind = response.content_type
+        answered = False
         if kind == "application/json":
             body = await response.read()
             try:
@@ -136,26 +141,25 @@ class HttpUpstream:
             except InvalidMessage:
                 return False
             for message in messages:
+                answered = answered or _answers(message, sent)
                 self.on_message(message)
-            return bool(messages)
-        if kind == "text/event-stream":
+        elif kind == "text/event-stream":
             parser = SSEParser()
-            seen = False
             async for chunk in response.content.iter_any():
                 for data in parser.feed(chunk):
-                    seen = self._deliver(data) or seen
+                    answered = self._deliver(data, sent) or answered
             for data in parser.close():
-                seen = self._deliver(data) or seen
-            return seen
-        return False
+                answered = self._deliver(data, sent) or answered
+        return answered
 
-    def _deliver(self, data: str) -> bool:
+    def _deliver(self, data: str, sent: Message | None) -> bool:
+        """One SSE event's data (its lines joined by newlines: JSON whitespace, so one line)."""
         try:
-            message = parse_line(data.encode())
+            message = parse_line(data.replace("\n", " ").encode())
         except InvalidMessage:
             return False
         self.on_message(message)
-        return True
+        return _answers(message, sent)
 
     def _answer_error(self, message: Message, reason: str) -> None:
         if message.kind is Kind.REQUEST:
@@ -173,7 +177,7 @@ class HttpUpstream:
         with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
             async with self._http.get(self.url, headers=headers) as response:
                 if response.status == 200:
-                    await self._relay(response)
+                    await self._relay(response, None)
 
     def _end(self, reason: str) -> None:
         if self._ended is None:

@@ -84,6 +84,9 @@ class Session:
         self._open: list[Exchange] = []  # exchanges still running, oldest first
         self.stream: asyncio.Queue[bytes | None] | None = None  # the GET stream
         self._backlog: collections.deque[bytes] = collections.deque(maxlen=_BACKLOG)
+        # a stateless session's way to give its child back once its one exchange is answered
+        # (before that answer is sent: the client's next request may follow right after it)
+        self.release: Callable[[], None] | None = None
 
     # -- client → server -----------------------------------------------------------------
     def submit(self, messages: list[Message]) -> Exchange | None:

@@ -1,7 +1,7 @@
 """The same test server on the mcp SDK 1.x (FastMCP): ``whoami`` and ``echo`` (a log
 notification, then the answer), over stdio. Run in its own environment:
 
-    uv run --no-project --with "mcp>=1.20,<2" python tests/mcp/sdk1/server_v1.py
+    uv run --no-project --with "mcp>=1.20,<2" python tests/mcpproxy/sdk1/server_v1.py
 """
 
 import os

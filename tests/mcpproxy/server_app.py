@@ -1,7 +1,7 @@
 """A small real MCP server (the ``mcp`` SDK) for the proxy tests, run over stdio:
 
-    python tests/mcp/server_app.py                 # stdio
-    python tests/mcp/server_app.py --http PORT     # streamable HTTP at /mcp
+    python tests/mcpproxy/server_app.py                 # stdio
+    python tests/mcpproxy/server_app.py --http PORT     # streamable HTTP at /mcp
 
 Tools: ``whoami`` (its pid), ``echo`` (sends a log notification carrying the text first, then
 answers it), ``later`` (answers, then notifies on its own), ``slow`` (sleeps), ``crash`` (exits

@@ -1,7 +1,7 @@
 """An mcp SDK 1.x client: connect to URL (streamable HTTP, or SSE when it ends in /sse), call
 ``whoami`` and ``echo``, print one JSON line with what came back. Run in its own environment:
 
-    uv run --no-project --with "mcp>=1.20,<2" python tests/mcp/sdk1/client_v1.py URL TEXT
+    uv run --no-project --with "mcp>=1.20,<2" python tests/mcpproxy/sdk1/client_v1.py URL TEXT
 """
 
 import asyncio
@@ -9,10 +9,9 @@ import json
 import sys
 from typing import Any
 
+from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamablehttp_client
-
-from mcp import ClientSession
 
 
 async def main(url: str, text: str) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from mcp import Client
+
 from tests.conftest import Proc, Processes
 
 HERE = Path(__file__).parent
