@@ -86,10 +86,11 @@ class _IgnoredUpgrade:
 
     def on_message_begin(self) -> None:
         if self._done:  # the connection closes after this request: nothing more is read
-            raise _Refused(400, "invalid_request", "no more requests on this connection")
+            raise self._protocol._stop(0, "", "")
 
     def on_message_complete(self) -> None:
         self._done = True
+        self._protocol._lingering = True  # drop what follows; the answer still goes out
         self._protocol.on_message_complete()
 
 
@@ -104,6 +105,7 @@ class GatewayProtocol(HttpToolsProtocol):
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._lingering = False
+        self._refusal: _Refused | None = None  # raised inside a parser callback
 
     # -- reads ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -149,10 +151,16 @@ class GatewayProtocol(HttpToolsProtocol):
                 self._arm(self.limits.header_timeout)
 
     def _refused(self, exc: httptools.HttpParserCallbackError) -> None:
-        refused = exc.__context__
-        if not isinstance(refused, _Refused):
+        refused, self._refusal = self._refusal, None
+        if refused is None:
             raise exc
-        self._refuse(refused.status, refused.code, refused.message)
+        if refused.status:  # 0: stop reading, say nothing (see _IgnoredUpgrade)
+            self._refuse(refused.status, refused.code, refused.message)
+
+    def _stop(self, status: int, code: str, message: str) -> _Refused:
+        """From inside a parser callback: what to raise to stop parsing and refuse."""
+        self._refusal = _Refused(status, code, message)
+        return self._refusal
 
     def _ignore_upgrade(self, rest: bytes) -> None:
         """An ``Upgrade`` we ignore: llhttp stopped at the end of the head, so a fresh parser
@@ -175,18 +183,18 @@ class GatewayProtocol(HttpToolsProtocol):
         self._body_pending = True
         version = self.parser.get_http_version()
         if version not in ("1.0", "1.1"):
-            raise _Refused(400, "invalid_request", "the request line needs HTTP/1.0 or HTTP/1.1")
+            raise self._stop(400, "invalid_request", "the request line needs HTTP/1.0 or HTTP/1.1")
         target = self.url
         if (target[:1] != b"/" or target[:2] == b"//") and not (
             target == b"*" and self.parser.get_method() == b"OPTIONS"
         ):
-            raise _Refused(
+            raise self._stop(
                 400,
                 "invalid_path",
                 "the request target must be a path (/v1/…), not a URL or another host",
             )
         if len(self.headers) > self.limits.max_headers:
-            raise _Refused(
+            raise self._stop(
                 431,
                 "too_many_headers",
                 f"more than {self.limits.max_headers} request headers (server.max_headers)",
