@@ -101,6 +101,7 @@ EXPECTED = {
     "GatewayError": (500, "server_error", "internal_error"),
     "BadRequest": (400, "invalid_request_error", "invalid_request"),
     "PayloadTooLarge": (413, "invalid_request_error", "payload_too_large"),
+    "UpgradeRequired": (426, "invalid_request_error", "websocket_required"),
     "Unauthorized": (401, "invalid_request_error", "invalid_api_key"),
     "NotFound": (404, "invalid_request_error", "not_found"),
     "Overloaded": (503, "server_error", "too_many_sessions"),

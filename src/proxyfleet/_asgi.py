@@ -56,6 +56,8 @@ async def send_error(send: Send, error: GatewayError, rid: bytes | None = None) 
     extra = []
     if error.retry_after is not None:
         extra.append((b"retry-after", retry_after(error.retry_after)))
+    if error.status == 426:  # Upgrade Required names what to upgrade to (RFC 9110 §15.5.22)
+        extra.append((b"upgrade", b"websocket"))
     await send_json(send, error.status, error.body(), rid, extra)
 
 

@@ -12,7 +12,8 @@
     ├── UpstreamGone                     an MCP session's upstream exited or is being stopped
     └── GatewayError                     an error a client sees as HTTP + OpenAI error body
         ├── BadRequest                   400 invalid_request_error
-        │   └── PayloadTooLarge          413
+        │   ├── PayloadTooLarge          413
+        │   └── UpgradeRequired          426 a WebSocket-only route asked for as plain HTTP
         ├── Unauthorized                 401 invalid_api_key
         ├── NotFound                     404
         ├── Overloaded                   503 too many concurrent client requests
@@ -63,6 +64,7 @@ __all__ = [
     "SpawnFailed",
     "StateError",
     "Unauthorized",
+    "UpgradeRequired",
     "UpstreamClosed",
     "UpstreamError",
     "UpstreamGone",
@@ -163,6 +165,14 @@ class BadRequest(GatewayError):
 class PayloadTooLarge(BadRequest):
     status = 413
     code = "payload_too_large"
+
+
+class UpgradeRequired(BadRequest):
+    """A WebSocket-only route (``GET /v1/responses``) asked for without the Upgrade headers;
+    a proxy in front may have dropped them. Never forwarded as plain HTTP."""
+
+    status = 426
+    code = "websocket_required"
 
 
 class Unauthorized(GatewayError):

@@ -153,3 +153,18 @@ def test_a_waiter_takes_a_backend_the_moment_its_quarantine_ends() -> None:
         await gateway.stop()
 
     run(scenario())
+
+
+def test_a_websocket_only_route_is_never_forwarded_as_plain_http() -> None:
+    async def scenario() -> None:
+        transport = MemoryTransport()
+        gateway = memory_gateway(transport, 1)
+        await gateway.start()
+        reply = await call(gateway, "GET", "/v1/responses")
+        assert await reply.status() == 426
+        assert reply.headers["upgrade"] == "websocket"
+        assert (await reply.json())["error"]["code"] == "websocket_required"
+        assert transport.seen == []  # no backend saw it
+        await gateway.stop()
+
+    run(scenario())

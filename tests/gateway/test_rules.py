@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxyfleet.errors import BadRequest
 from proxyfleet.gateway.rules import (
     client_credential,
     forwarded_headers,
+    parse_json,
     request_id,
     response_headers,
     upstream_path,
@@ -99,3 +104,62 @@ def test_response_headers() -> None:
         (b"content-type", b"text/event-stream"),
         (b"x-request-id", b"rid"),
     ]
+
+
+# -- JSON bodies: what parse_json accepts and how it refuses -------------------------------------
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=30,
+)
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+@settings(max_examples=300)
+@given(value=st.dictionaries(st.text(max_size=5), _VALUES, max_size=5), limit=st.integers(1, 8))
+def test_parse_json_takes_what_fits_and_names_the_limit_otherwise(
+    value: dict[str, object], limit: int
+) -> None:
+    body = json.dumps(value).encode()
+    if _depth(value) <= limit:
+        assert parse_json(body, limit) == value
+    else:
+        with pytest.raises(BadRequest, match=rf"nested deeper than {limit} levels") as info:
+            parse_json(body, limit)
+        assert info.value.code == "invalid_json"
+
+
+@settings(max_examples=300)
+@given(body=st.binary(max_size=200))
+def test_parse_json_never_raises_anything_but_a_400(body: bytes) -> None:
+    refused: BadRequest | None = None
+    try:
+        assert isinstance(parse_json(body, 16), dict)
+    except BadRequest as exc:  # the one way to refuse; anything else fails the test
+        refused = exc
+    if refused is not None:
+        assert (refused.status, refused.code) == (400, "invalid_json")
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b'{"a": ' + b"[" * 2000 + b"]" * 2000 + b"}", "nested deeper than 64"),
+        (b'{"n": ' + b"9" * 400 + b"}", "number out of range"),
+        (b'{"n": 1e999}', "number out of range"),
+        (b"[1, 2]", "JSON object"),
+        (b"", "JSON object"),
+        (b"\xff", "malformed"),
+    ],
+)
+def test_parse_json_refusals(body: bytes, needle: str) -> None:
+    with pytest.raises(BadRequest, match=needle):
+        parse_json(body, 64)

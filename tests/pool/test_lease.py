@@ -100,3 +100,22 @@ async def test_pool_must_be_opened() -> None:
     pool = _pool(1)
     with pytest.raises(StateError):
         await pool.acquire("r")
+
+
+def test_a_cut_lease_keeps_its_backend_for_the_settle_grace() -> None:
+    from tests.virtual import run
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with _pool(1, settle_grace=2.5) as pool:
+            lease = await pool.acquire("cut")
+            lease.cut()  # e.g. a read timeout: the upstream may still be at it
+            released = loop.time()
+            await lease.release()  # returns at once: the backend is freed in the background
+            assert loop.time() == released
+            assert (await pool.snapshot())[0].inflight == 1
+            nxt = await pool.acquire("next")
+            assert loop.time() - released == pytest.approx(2.5, abs=0.01)
+            await nxt.release()
+
+    run(scenario())

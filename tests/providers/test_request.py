@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from proxyfleet.errors import BadRequest
 from proxyfleet.providers.profiles import PROFILES
@@ -251,3 +254,92 @@ def test_malformed_requests_are_clear_400s(body: dict[str, Any], where: str) -> 
         responses_to_chat(body, GENERIC)
     assert info.value.status == 400
     assert info.value.message.startswith(where + ":")
+
+
+# -- hostile input: whatever a client sends, the answer is a translation or a 400 ----------------
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+_KEYS = [
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "stream",
+    "temperature",
+    "top_p",
+    "max_output_tokens",
+    "text",
+    "reasoning",
+    "previous_response_id",
+    "store",
+    "metadata",
+    "parallel_tool_calls",
+    "user",
+    "include",
+]
+_ITEM_KEYS = ["type", "role", "content", "call_id", "name", "arguments", "output", "summary", "id"]
+_ITEM_TYPES = ["message", "function_call", "function_call_output", "reasoning", "item_reference"]
+_PART_TYPES = ["input_text", "output_text", "input_image", "refusal", "input_file", "weird"]
+_part = st.fixed_dictionaries(
+    {"type": st.sampled_from(_PART_TYPES) | _SCALARS},
+    optional={"text": _JSON, "image_url": _JSON, "refusal": _JSON, "detail": _JSON},
+)
+_item = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(_ITEM_TYPES) | _SCALARS,
+        "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | _JSON,
+        "content": st.text() | st.lists(_part | _JSON, max_size=4) | _JSON,
+        "call_id": _JSON,
+        "name": _JSON,
+        "arguments": _JSON,
+        "output": _JSON,
+        "summary": _JSON,
+    },
+)
+_tool = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["function", "web_search", "custom"]) | _JSON,
+        "name": _JSON,
+        "parameters": _JSON,
+        "description": _JSON,
+        "strict": _JSON,
+    },
+)
+_request = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.text() | _JSON,
+        "input": st.text() | st.lists(_item | _JSON, max_size=5) | _JSON,
+        "tools": st.lists(_tool | _JSON, max_size=3) | _JSON,
+        "tool_choice": st.sampled_from(["auto", "none", "required"]) | _JSON,
+        "text": st.fixed_dictionaries({}, optional={"format": _JSON}) | _JSON,
+        "reasoning": _JSON,
+        **{key: _JSON for key in _KEYS if key not in ("model", "input", "tools", "tool_choice")},
+    },
+)
+
+
+@hypothesis_settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_request, keep=st.booleans())
+def test_hostile_responses_input_is_translated_or_refused_with_400(
+    data: dict[str, Any], keep: bool
+) -> None:
+    options = TranslateOptions(PROFILES["generic"], reasoning="keep" if keep else "drop")
+    refused: BadRequest | None = None
+    try:
+        chat = responses_to_chat(data, options)
+    except BadRequest as exc:  # the one way to refuse; anything else fails the test
+        refused = exc
+    if refused is not None:
+        assert (refused.status, bool(refused.message)) == (400, True)
+        return
+    assert isinstance(chat.body["messages"], list)
+    assert isinstance(chat.body["model"], str)

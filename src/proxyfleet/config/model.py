@@ -188,11 +188,13 @@ class PoolConfig(_Model):
     retries: int = Field(default=2, ge=0)
     unhealthy_after: int = Field(default=DEFAULTS.unhealthy_after, gt=0)
     cooldown: float = Field(default=DEFAULTS.cooldown, ge=0)
-    # When a client leaves mid-answer: read the rest of the answer and discard it ("drain")
-    # or close the upstream connection ("close"); either way the backend's lease is held
-    # until then, for at most abandon_grace seconds (see "How the pool behaves").
+    # When a client leaves mid-answer: read the rest of the answer and discard it ("drain",
+    # for at most abandon_grace seconds) or close the upstream connection ("close"). A
+    # connection the gateway cuts mid-exchange (close, a drain that ran out, a read timeout)
+    # keeps its backend leased settle_grace seconds more (see "How the pool behaves").
     abandon: Literal["drain", "close"] = "drain"
     abandon_grace: float = Field(default=30.0, gt=0)
+    settle_grace: float = Field(default=DEFAULTS.settle_grace, ge=0)
     probe: ProbeConfig = ProbeConfig()
     provider: ProviderConfig = ProviderConfig()
     credentials_dir: Path | None = None
@@ -208,6 +210,7 @@ class PoolConfig(_Model):
             self.lease_timeout,
             self.unhealthy_after,
             self.cooldown,
+            self.settle_grace,
         )
 
     @field_validator("provider", mode="before")

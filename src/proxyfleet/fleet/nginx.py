@@ -1,8 +1,9 @@
 """nginx for a deployment: render the config (pure), find the binary, validate with ``nginx -t``.
 
 Everything nginx writes (pid, logs, temp files) goes under a prefix directory of ours, so it never
-needs root or /etc. Upstreams keep connections alive; WebSocket routes pass Upgrade with long
-timeouts; nothing is buffered, so SSE streams flow through as they come.
+needs root or /etc. Upstreams keep connections alive; WebSocket routes, and every route of a
+proxyfleet server, pass Upgrade with long timeouts; nothing is buffered, so SSE streams flow
+through as they come.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ def _upstream(name: str, ports: list[int]) -> str:
     return f"    upstream pf_{name} {{\n{servers}        keepalive 64;\n    }}\n"
 
 
-def _location(path: str, target: str, websocket: bool) -> str:
-    if websocket:
+def _location(path: str, target: str, websocket: bool, upgrades: bool = False) -> str:
+    """One location. A WebSocket route (exact match), or any route of a proxyfleet server
+    (``upgrades``: the Responses API over WebSocket may come on any of its paths), passes
+    Upgrade through with hour-long timeouts; a plain request on it still keeps its upstream
+    connection alive (``$connection_upgrade`` is empty then)."""
+    if websocket or upgrades:
         extra = """\
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
@@ -72,7 +77,7 @@ def render_nginx(deployment: Deployment, prefix: Path) -> str:
         out.append(f"    {kind}_temp_path {prefix}/temp/{kind};\n")
     out.append(
         "    map $http_upgrade $connection_upgrade {\n        default upgrade;\n"
-        "        '' close;\n    }\n"
+        "        '' '';\n    }\n"
     )
     out.append(
         "    map $http_x_request_id $request_id_or_new {\n        default "
@@ -95,12 +100,14 @@ def render_nginx(deployment: Deployment, prefix: Path) -> str:
         for path in server.websocket_routes:
             target = "$pf_ws_target" if routing.strategy == "query" else f"pf_{name}"
             out.append(_location(path, target, websocket=True))
+    proxyfleet = {name for name, server in deployment.servers.items() if server.config}
     for name, server in deployment.servers.items():
         for path in sorted(server.routes, key=len, reverse=True):
             if path != "/":
-                out.append(_location(path, f"pf_{name}", websocket=False))
+                out.append(_location(path, f"pf_{name}", False, name in proxyfleet))
+    core = routing.core in proxyfleet
     # the gateways' admin endpoints stay loopback-only behind nginx too
-    admin = _location("/admin/", f"pf_{routing.core}", websocket=False)
+    admin = _location("/admin/", f"pf_{routing.core}", websocket=False, upgrades=core)
     out.append(
         admin.replace(
             "            proxy_pass",
@@ -109,7 +116,7 @@ def render_nginx(deployment: Deployment, prefix: Path) -> str:
             1,
         )
     )
-    out.append(_location("/", f"pf_{routing.core}", websocket=False))
+    out.append(_location("/", f"pf_{routing.core}", websocket=False, upgrades=core))
     out.append("    }\n}\n")
     return "".join(out)
 

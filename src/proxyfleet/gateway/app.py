@@ -127,6 +127,7 @@ class Gateway:
             recorder = DebugRecorder(config.debug, config.pool.queue_limit, config.pool.selection)
         debug = None if recorder is None else RequestLog(recorder)
         events = await self._elastic(transports, recorder)
+        abandon = Abandon(config.pool.abandon, config.pool.abandon_grace)
         failover = Failover(
             self.pool, transports, self.metrics, retries=config.pool.retries, debug=debug
         )
@@ -137,7 +138,7 @@ class Gateway:
         self._openai = OpenAIRoutes(
             Forwarder(
                 failover,
-                abandon=Abandon(config.pool.abandon, config.pool.abandon_grace),
+                abandon=abandon,
                 debug=recorder,
                 events=events,
             ),
@@ -166,7 +167,9 @@ class Gateway:
         ).handle
         self._websocket = WebSocketRoutes(
             WebSocketRelay(failover, strip_client_auth=auth.enabled),
-            None if translate is None else ChatWebSocket(failover, translate, strip=auth.enabled),
+            None
+            if translate is None
+            else ChatWebSocket(failover, translate, strip=auth.enabled, abandon=abandon),
             auth=auth,
             admission=self.admission,
         )

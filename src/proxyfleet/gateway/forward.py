@@ -29,7 +29,7 @@ from proxyfleet.orchestrator.events import StreamEvents
 from proxyfleet.pool import Lease
 from proxyfleet.transports import Exchange, Request, Transport
 
-__all__ = ["Abandon", "Forwarder", "StreamBroken", "Transform"]
+__all__ = ["Abandon", "Forwarder", "StreamBroken", "Transform", "cut_if_timeout"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,17 +37,17 @@ class Abandon:
     """What is done with an upstream exchange whose client left (``pool.abandon``)."""
 
     mode: Literal["drain", "close"] = "drain"
-    grace: float = 30.0  # drain: the longest it is read; close: how long the lease stays
+    grace: float = 30.0  # drain: the longest the rest of an answer is read
 
     @property
     def waits_for_the_head(self) -> bool:
         """A request already sent is left to answer (drain), not cut before its head."""
         return self.mode == "drain"
 
-    async def settle(self, exchange: Exchange | None) -> None:
-        """Wait until the upstream has stopped, as far as can be known, then return (the
-        caller releases the lease). Runs in a task whose cancellation was for the client
-        leaving: that cancellation is taken back first."""
+    async def settle(self, exchange: Exchange | None, lease: Lease) -> None:
+        """End the exchange the safest way known, then return (the caller releases the
+        lease). Runs in a task whose cancellation was for the client leaving: that
+        cancellation is taken back first."""
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             task.uncancel()
@@ -62,8 +62,13 @@ class Abandon:
                 pass
         if exchange is not None:
             exchange.close()
-        if self.mode == "close":
-            await asyncio.sleep(self.grace)
+        lease.cut()  # cut before its end: the backend stays leased a while (settle_grace)
+
+
+def cut_if_timeout(lease: Lease, exc: UpstreamError) -> None:
+    """A timeout means the gateway gave up on a connection the upstream may still serve."""
+    if isinstance(exc, UpstreamTimeout):
+        lease.cut()
 
 
 class StreamBroken(Exception):
@@ -110,6 +115,7 @@ class Forwarder:
             try:
                 exchange = await transport.handle(lease.backend, request)
             except UpstreamError as exc:
+                cut_if_timeout(lease, exc)
                 if recording.gone:
                     raise ClientGone() from exc
                 lease.fail()
@@ -118,10 +124,10 @@ class Forwarder:
             except asyncio.CancelledError:
                 if not recording.gone:
                     raise
-                await self.abandon.settle(None)  # the request was cut before any answer
+                await self.abandon.settle(None, lease)  # cut before any answer
                 raise ClientGone() from None
             if recording.gone:  # the client left while the answer's head was on its way
-                await self.abandon.settle(exchange)
+                await self.abandon.settle(exchange, lease)
                 raise ClientGone()
             recording.answering = True
             try:
@@ -130,7 +136,7 @@ class Forwarder:
                 if not recording.gone:
                     exchange.close()
                     raise
-                await self.abandon.settle(exchange)
+                await self.abandon.settle(exchange, lease)
                 raise ClientGone() from None
             except BaseException:
                 exchange.close()
@@ -170,6 +176,7 @@ class Forwarder:
                 payload = await exchange.read()
             except UpstreamError as exc:
                 lease.fail()
+                cut_if_timeout(lease, exc)
                 error = UpstreamError(f"backend {backend} broke off")
                 if last:
                     raise error from exc
@@ -191,6 +198,7 @@ class Forwarder:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             lease.fail()
+            cut_if_timeout(lease, exc)
             timeout = isinstance(exc, UpstreamTimeout)
             recording.broken = "timeout" if timeout else "upstream_error"
             self._note(recording.rid, lease.backend.id, exc)

@@ -24,6 +24,7 @@ from proxyfleet.errors import (
     GatewayError,
     NoHealthyBackend,
     PoolClosed,
+    UpgradeRequired,
 )
 from proxyfleet.gateway.admission import Admission
 from proxyfleet.gateway.auth import ClientAuth
@@ -141,8 +142,14 @@ class OpenAIRoutes:
         if query and self._strip:  # the gateway's own key never goes upstream, even in a query
             query = strip_query(query, self._auth.is_key)
         tail = upstream_path(path, scope.get("raw_path"), query)
-        body = await read_body(scope, receive, self._body_limit)
         method = scope["method"]
+        if route == "responses" and method == "GET":
+            raise UpgradeRequired(
+                "GET /v1/responses is the Responses API over WebSocket: send it with "
+                "'Connection: Upgrade' and 'Upgrade: websocket' (a proxy in front may have "
+                "dropped them), or POST /v1/responses"
+            )
+        body = await read_body(scope, receive, self._body_limit)
         transform: Transform | None = None
         if route in _JSON_ROUTES and method == "POST":
             data = parse_json(body, self._max_depth)

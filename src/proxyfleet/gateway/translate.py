@@ -83,6 +83,8 @@ class ChatToResponses:
                 await _send_events(send, translator.feed(chunk))
         except (UpstreamError, ValueError) as exc:
             lease.fail()
+            if isinstance(exc, UpstreamTimeout):
+                lease.cut()
             recording.broken = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
             event(
                 _log,

@@ -14,8 +14,9 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from proxyfleet._asgi import Receive, Scope, Send
-from proxyfleet.errors import GatewayError, UpstreamError
+from proxyfleet.errors import GatewayError, UpstreamError, UpstreamTimeout
 from proxyfleet.gateway.failover import RETRY_STATUSES, Failover, Retry
+from proxyfleet.gateway.forward import Abandon
 from proxyfleet.gateway.rules import forwarded_headers
 from proxyfleet.pool import Lease
 from proxyfleet.providers.request import TranslateOptions, dumps, responses_to_chat
@@ -44,10 +45,18 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 
 class ChatWebSocket:
-    def __init__(self, failover: Failover, options: TranslateOptions, *, strip: bool) -> None:
+    def __init__(
+        self,
+        failover: Failover,
+        options: TranslateOptions,
+        *,
+        strip: bool,
+        abandon: Abandon | None = None,
+    ) -> None:
         self._failover = failover
         self._options = options
         self._strip = strip
+        self._abandon = abandon or Abandon()
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         if (await receive())["type"] != "websocket.connect":
@@ -97,6 +106,8 @@ class ChatWebSocket:
             exchange = await transport.handle(backend, request)
         except UpstreamError as exc:
             lease.fail()
+            if isinstance(exc, UpstreamTimeout):
+                lease.cut()
             raise Retry(exc) from exc
         try:
             if exchange.status >= 500:
@@ -112,6 +123,9 @@ class ChatWebSocket:
                 return
             shape = ResponseShape.of(params, f"resp_{rid}", int(time.time()))
             await self._stream(send, exchange, StreamTranslator(shape), lease)
+        except _Gone:  # the client closed the WebSocket mid-turn: settle its backend first
+            await self._abandon.settle(exchange, lease)
+            raise
         finally:
             exchange.close()
 
@@ -129,6 +143,8 @@ class ChatWebSocket:
                             await _send(send, event)
         except (UpstreamError, ValueError) as exc:
             lease.fail()
+            if isinstance(exc, UpstreamTimeout):
+                lease.cut()
             for event in translator.fail(
                 "server_error", f"backend broke off: {type(exc).__name__}"
             ):

@@ -32,7 +32,10 @@ class MockServer:
         self.requested_port = port
         self.debug = DebugLog(debug_dir) if debug_dir is not None else None
         self.app = build_mock_app(settings, self.debug)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # a mock stops within a second or two, whatever its requests are doing (--hang too)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         self.port = port
 
     def app_stats(self) -> dict[str, Any]:

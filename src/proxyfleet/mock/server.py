@@ -186,9 +186,11 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-async def _fault(settings: MockSettings) -> web.Response | None:
-    if settings.hang:
-        await asyncio.Event().wait()
+async def _fault(request: web.Request, settings: MockSettings) -> web.Response | None:
+    if settings.hang:  # no answer, ever; the request ends when its client goes (or we stop)
+        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # aiohttp has no event for a peer that went away
+        return web.Response(status=499, text="the client went away")  # nobody reads it
     if settings.fail_rate and random.random() < settings.fail_rate:
         return _error(settings.fail_status, "injected failure", "mock_failure")
     return None
@@ -201,17 +203,20 @@ async def _stream(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    if settings.ttft:
-        await asyncio.sleep(settings.ttft)
-    for n, frame in enumerate(frames):
-        if settings.drop_after is not None and n >= settings.drop_after:
-            assert request.transport is not None
-            request.transport.abort()
-            return response
-        if n and settings.latency:
-            await asyncio.sleep(settings.latency)
-        await response.write(frame)
-    await response.write_eof()
+    try:
+        if settings.ttft:
+            await asyncio.sleep(settings.ttft)
+        for n, frame in enumerate(frames):
+            if settings.drop_after is not None and n >= settings.drop_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if n and settings.latency:
+                await asyncio.sleep(settings.latency)
+            await response.write(frame)
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away mid-stream: a normal event here
+        pass
     return response
 
 
@@ -234,11 +239,15 @@ async def _generate(
     with _Tracked(state, request) as label:
         body = await _body(request)
         state.stats.recent[-1]["model"] = body.get("model")
-        failed = await _fault(settings)
+        failed = await _fault(request, settings)
         if failed is not None:
             return failed
         model = str(body.get("model") or settings.models[0])
-        plan = planner(body, settings.chunks, settings.chunk_size)
+        try:
+            plan = planner(body, settings.chunks, settings.chunk_size)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            # a real provider refuses what it cannot read: so does the mock
+            return _error(400, f"the mock cannot read this request: {exc!r}", "invalid_request")
         seed = _seed(request, body, label) if settings.deterministic else None
         if not body.get("stream"):
             if settings.latency:

@@ -25,6 +25,7 @@ class Lease:
 
     __slots__ = (
         "_grant",
+        "_hold",
         "_outcome",
         "_pool",
         "_released",
@@ -45,6 +46,7 @@ class Lease:
         self._grant = grant
         self._outcome: Outcome | None = None
         self._released = False
+        self._hold = 0.0
         self.backend = backend
         self.request_id = request_id
         self.wait_seconds = wait_seconds
@@ -64,12 +66,22 @@ class Lease:
     def succeed(self) -> None:
         self._outcome = Outcome.SUCCESS
 
+    def cut(self) -> None:
+        """The gateway cut this backend's connection mid-exchange (a timeout, a client that
+        left): the upstream may not have noticed yet, so the backend stays leased for the
+        pool's ``settle_grace`` after the release, in the background. Nothing else waits."""
+        self._hold = self._pool.settings.settle_grace
+
     async def release(self, outcome: Outcome | None = None) -> None:
         """Give the backend back. Idempotent: only the first call counts."""
         if self._released:
             return
         self._released = True
-        await self._pool._release(self._grant, outcome or self._outcome or Outcome.SUCCESS)
+        settled = outcome or self._outcome or Outcome.SUCCESS
+        if self._hold:
+            self._pool._release_after(self._grant, settled, self._hold)
+            return
+        await self._pool._release(self._grant, settled)
 
     async def __aenter__(self) -> Lease:
         return self

@@ -79,6 +79,7 @@ class PoolSettings:
     lease_timeout: float = 30.0
     unhealthy_after: int = 3
     cooldown: float = 30.0
+    settle_grace: float = 2.0  # a backend cut mid-exchange stays leased this long
 
 
 #: The one source of the pool's defaults (the config model reads them from here).
@@ -321,6 +322,13 @@ class Pool:
 
     async def _release(self, grant: Grant, outcome: Outcome) -> None:
         await self._store.release(grant, outcome)
+
+    def _release_after(self, grant: Grant, outcome: Outcome, delay: float) -> None:
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            await self._release(grant, outcome)
+
+        self._spawn(later())
 
     def _release_later(self, grant: Grant) -> None:
         loop = self._loop
