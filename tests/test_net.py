@@ -114,17 +114,17 @@ _FD_LIMIT = """
 import resource, sys
 from proxyfleet._net import raise_fd_limit
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-start = int(sys.argv[1])
+start, wanted = int(sys.argv[1]), int(sys.argv[2])
 if start < hard:
     resource.setrlimit(resource.RLIMIT_NOFILE, (start, hard))
-returned = raise_fd_limit()
+returned = raise_fd_limit(wanted)
 print(returned, *resource.getrlimit(resource.RLIMIT_NOFILE))
 """
 
 
-def _fd_limit_in_child(start: int) -> tuple[int, int, int]:
+def _fd_limit_in_child(start: int, wanted: int) -> tuple[int, int, int]:
     out = subprocess.run(
-        [sys.executable, "-c", _FD_LIMIT, str(start)],
+        [sys.executable, "-c", _FD_LIMIT, str(start), str(wanted)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -139,7 +139,7 @@ def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard <= 64:
         pytest.skip(f"the hard open-files limit is {hard}: nothing to lift")
-    returned, soft, new_hard = _fd_limit_in_child(64)
+    returned, soft, new_hard = _fd_limit_in_child(64, hard)
     assert new_hard == hard
     assert soft == hard  # lifted all the way
     assert returned == soft  # and it says what the limit now is
@@ -147,5 +147,23 @@ def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
 
 def test_raise_fd_limit_at_the_hard_limit_returns_it_unchanged() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    returned, soft, _ = _fd_limit_in_child(hard)
+    returned, soft, _ = _fd_limit_in_child(hard, hard)
     assert returned == soft == hard
+
+
+def _may_raise_hard_limits() -> bool:
+    """CAP_SYS_RESOURCE (bit 24 of the effective set): root in a container may lack it."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> 24 & 1)
+    return False
+
+
+def test_raise_fd_limit_raises_the_hard_limit_where_it_may() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    returned, soft, new_hard = _fd_limit_in_child(64, hard + 1000)
+    if _may_raise_hard_limits():  # a proxied stream needs two descriptors
+        assert returned == soft == new_hard == hard + 1000
+    else:  # without the capability the hard limit stays, the soft one lifted to it
+        assert returned == soft == new_hard == hard

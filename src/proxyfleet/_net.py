@@ -12,9 +12,18 @@ from proxyfleet.errors import ListenError
 __all__ = ["bind", "raise_fd_limit"]
 
 
-def raise_fd_limit() -> int:
-    """Lift the soft open-files limit to the hard one: every connection costs descriptors."""
+#: Descriptors a serving process asks for: a proxied stream holds two (client and upstream).
+WANTED_FDS = 65536
+
+
+def raise_fd_limit(wanted: int = WANTED_FDS) -> int:
+    """Lift the open-files limit: to ``wanted`` where the process may raise the hard limit
+    too (root), else the soft limit to the hard one. Returns the soft limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):  # not allowed: keep the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
