@@ -11,7 +11,9 @@ and streaming (SSE), the ratio proxyfleet/nginx, the p50 latency each proxy adds
 connection, RSS per idle streaming connection with ``--hold`` streams open, debug mode's
 overhead (requests per CPU-second of debug-off and debug-on gateways loaded at once, for the
 default settings and with every request recorded, the encoder process's CPU per request, and
-instructions per request counted by valgrind when it is installed) and the MCP latencies.
+instructions per request counted by valgrind when it is installed), the MCP latencies, and
+``--scale`` slow SSE streams held at once through one gateway and through nginx (memory per held
+stream, CPU per stream-second; see bench/scale.py).
 With ``--baseline REV`` the gateway of that commit (its ``src/`` checked out into the bench's
 directory, run with the same environment) is measured too, in the same interleaved rounds, so
 a change's cost shows as two ratios against the same nginx.
@@ -29,15 +31,12 @@ import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from debug_instructions import debug_instructions
 from mcp_latency import mcp_figures
+from procs import children, cpu_seconds, free_port, process, rss_kb, wait_port
 from proxyfleet.config.model import DebugConfig
+from scale import Load, scale_figures
 
 SAMPLE_ABOVE = DebugConfig().sample_above
 
@@ -150,21 +151,6 @@ class Result:
     requests: int = 0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port} after {timeout}s")
-
-
 def _ms(text: str) -> float:
     found = re.match(r"([\d.]+)(us|ms|s|m)$", text)
     if found is None:
@@ -215,13 +201,6 @@ def _median(results: list[Result]) -> Result:
     ordered = sorted(results, key=lambda r: r.rps)
     middle = ordered[len(ordered) // 2]
     return Result(middle.rps, middle.p50_ms, middle.p99_ms, sum(r.errors for r in results))
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def hold_streams(port: int, path: str, count: int, stop: asyncio.Event) -> int:
@@ -293,36 +272,11 @@ def pinned_proxyfleet(core: str, py: str, *args: str) -> list[str]:
     return ["taskset", "-c", core, py, "-m", "proxyfleet", *args]
 
 
-@contextlib.contextmanager
-def process(
-    args: list[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as handle:
-        popen = subprocess.Popen(
-            args,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        yield popen
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGTERM)
-        try:
-            popen.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(popen.pid, signal.SIGKILL)
-            popen.wait(5)
-
-
 def nginx_worker(master_pid: int) -> int:
     return children(master_pid)[0]
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument(
@@ -339,10 +293,22 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        choices=("all", "throughput", "debug", "mcp"),
+        choices=("all", "throughput", "debug", "mcp", "scale"),
         default="all",
         help="'throughput': only the req/s table and its ratios; 'debug': only the debug-mode "
-        "overhead pairs; 'mcp': only the MCP latencies",
+        "overhead pairs; 'mcp': only the MCP latencies; 'scale': only the held streams",
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="slow SSE streams held at once through one gateway and through nginx: memory per "
+        "held stream and CPU per stream-second (bench/scale.py; lowered to what the hard "
+        "open-files limit holds)",
+    )
+    parser.add_argument(
+        "--scale-chunks", type=int, default=20, help="chunks per held stream, one a second"
     )
     parser.add_argument(
         "--baseline",
@@ -358,7 +324,11 @@ def main() -> int:
     )
     parser.add_argument("--mcp-sessions", type=int, default=20, help="sessions started per kind")
     parser.add_argument("--mcp-calls", type=int, default=300, help="tool calls per path")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = _parser().parse_args()
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"  # Debian's nginx
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -402,7 +372,7 @@ def main() -> int:
     d, c = args.duration, args.connections
     base_port = free_port()
     baseline_env = None if args.baseline is None else checkout(args.baseline, work, env)
-    if args.only in ("debug", "mcp"):
+    if args.only in ("debug", "mcp", "scale"):
         print(only(args, work, nginx, up_port, config, lua, py, env))
         shutil.rmtree(work, ignore_errors=True)
         return 0
@@ -488,6 +458,7 @@ def main() -> int:
     print(overhead)
     print_rss(args.hold, work, hold_port, mock_port, py, env)
     print("\n".join(mcp_figures(work, free_port(), free_port(), args.mcp_sessions, args.mcp_calls)))
+    print(held_streams(args))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -534,6 +505,24 @@ def print_table(
         print(f"ratio {what}: {middle:.3f}  (rounds: {', '.join(f'{v:.3f}' for v in values)})")
 
 
+def held_streams(args: argparse.Namespace) -> str:
+    """``--scale`` slow streams through proxyfleet and nginx on core 0; the mock and the client
+    (this process, for the while) on core 1."""
+    load = Load(
+        streams=args.scale,
+        chunks=args.scale_chunks,
+        nginx=True,
+        proxy_pin=("taskset", "-c", "0"),
+        other_pin=("taskset", "-c", "1"),
+    )
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {1})
+    try:
+        return scale_figures(load)
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
 def only(
     args: argparse.Namespace,
     work: Path,
@@ -544,7 +533,9 @@ def only(
     py: str,
     env: dict[str, str],
 ) -> str:
-    """One part of the bench alone: ``--only debug`` or ``--only mcp``."""
+    """One part of the bench alone: ``--only debug``, ``mcp`` or ``scale``."""
+    if args.only == "scale":
+        return held_streams(args)
     if args.only == "mcp":
         return "\n".join(
             mcp_figures(work, free_port(), free_port(), args.mcp_sessions, args.mcp_calls)
@@ -563,25 +554,6 @@ def only(
                 work, config, py, env, free_port(), REQUEST, args.valgrind_requests
             )
         )
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of one process so far, all its threads: the scheduler's nanosecond count
-    (``/proc/PID/task/*/schedstat``), where the kernel keeps it; else user + system time in
-    clock ticks (10 ms: coarse for a 1 % comparison of runs of a few seconds)."""
-    with contextlib.suppress(FileNotFoundError):
-        nanoseconds = sum(
-            int((task / "schedstat").read_text().split()[0])
-            for task in Path(f"/proc/{pid}/task").iterdir()
-        )
-        if nanoseconds:
-            return nanoseconds / 1e9
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def debug_overhead(

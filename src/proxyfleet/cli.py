@@ -243,7 +243,7 @@ def _config(args: argparse.Namespace) -> int:
 def _mock(args: argparse.Namespace) -> int:
     import uvloop
 
-    from proxyfleet._net import bind
+    from proxyfleet._net import bind, raise_fd_limit
     from proxyfleet.mock.runner import serve_mock
     from proxyfleet.mock.server import MockSettings
 
@@ -261,6 +261,7 @@ def _mock(args: argparse.Namespace) -> int:
         deterministic=args.deterministic,
     )
     bind(args.host, args.port, "mock").close()  # a busy port is a clear error, not a traceback
+    raise_fd_limit()  # a held stream is a descriptor
     uvloop.run(serve_mock(args.host, args.port, settings, args.debug_dir))
     return 0
 

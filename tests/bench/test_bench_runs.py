@@ -47,6 +47,10 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
             "10",
             "--valgrind-requests",
             "20,60",
+            "--scale",
+            "200",
+            "--scale-chunks",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -98,3 +102,17 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
     leases = re.search(r"leases served min (\d+) max (\d+), failures (\d+)", out)
     assert leases is not None
     assert int(leases.group(3)) == 0
+    for proxy in ("proxyfleet", "nginx"):
+        assert re.search(
+            rf"^{proxy}: 200/200 streams completed, 0 failed \(none\); peak held 200 at the "
+            r"client, 200 upstream; [\d.]+ s; memory per held stream [\d.-]+ KB; "
+            r"CPU per stream-second \d+ us$",
+            out,
+            re.M,
+        ), out
+    assert re.search(
+        r"^proxyfleet/nginx at 200 held streams: memory per stream [\d.-]+x, "
+        r"CPU per stream-second [\d.]+x$",
+        out,
+        re.M,
+    ), out
