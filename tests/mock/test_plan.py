@@ -116,6 +116,7 @@ def test_a_tool_result_is_quoted_in_chunk_size_pieces() -> None:
     body = {
         "messages": [
             {"role": "user", "content": "x"},
+            {"role": "assistant", "tool_calls": [{"id": "call_1", "function": {"name": "f"}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         ],
         "tools": [chat_tool("f")],  # tools still offered: the result wins
@@ -127,7 +128,8 @@ def test_a_tool_result_is_quoted_in_chunk_size_pieces() -> None:
 
 
 def test_messages_that_are_not_objects_are_skipped() -> None:
-    body = {"messages": [{"role": "tool", "content": "r"}, "junk", 3]}
+    call = {"role": "assistant", "tool_calls": [{"id": "c"}]}
+    body = {"messages": [call, {"role": "tool", "tool_call_id": "c", "content": "r"}, "junk", 3]}
     assert plan_chat(body, 1, 100).text == "tool said: r"
 
 
@@ -205,3 +207,25 @@ def test_native_responses_and_translated_chat_plan_the_same(body: dict[str, Any]
     through a gateway translating it to /v1/chat/completions."""
     chat = responses_to_chat(body, TranslateOptions(PROFILES["generic"])).body
     assert plan_chat(chat, 3, 5) == plan_responses(body, 3, 5)
+
+
+def test_a_chat_tool_result_that_answers_no_tool_call_is_refused() -> None:
+    """A real provider refuses a conversation that lost its history: so does the mock."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    whole = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+    ]
+    assert plan_chat({"messages": whole}, 1, 5).text == "tool said: ok"
+    with pytest.raises(ValueError, match=r"messages\[1\].*'call_1'"):
+        plan_chat({"messages": [whole[0], whole[2]]}, 1, 5)
+    with pytest.raises(ValueError, match="role 'tool'"):  # a call of another id is no answer
+        plan_chat({"messages": [whole[0], whole[1], dict(whole[2], tool_call_id="x")]}, 1, 5)
+
+
+def test_an_enum_argument_takes_a_value_the_schema_allows() -> None:
+    schema = {"type": "object", "properties": {"mode": {"type": "string", "enum": ["a", "b"]}}}
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": [chat_tool("f", schema)]}
+    call = plan_chat(body, 1, 4).call
+    assert call is not None and json.loads(call.arguments) == {"mode": "a"}

@@ -117,6 +117,12 @@ class ProviderConfig(_Model):
     default_model: str | None = None
     drop_fields: tuple[str, ...] = ()
     reasoning: Literal["drop", "keep"] = "drop"
+    ws_responses: int = Field(
+        default=8, ge=0, description="responses a WebSocket remembers for previous_response_id"
+    )
+    ws_memory_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="bytes of conversation it keeps for them"
+    )
 
 
 class ProvisionerPaths(_Model):

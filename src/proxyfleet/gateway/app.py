@@ -31,6 +31,7 @@ from proxyfleet.gateway.openai import OpenAIRoutes
 from proxyfleet.gateway.ops import Operations
 from proxyfleet.gateway.probe import probe_check
 from proxyfleet.gateway.translate_ws import ChatWebSocket
+from proxyfleet.gateway.turns import MemoryLimits
 from proxyfleet.gateway.websocket import WebSocketRelay, WebSocketRoutes
 from proxyfleet.logs import event
 from proxyfleet.mcpproxy.http import send_mcp_error
@@ -169,7 +170,13 @@ class Gateway:
             WebSocketRelay(failover, strip_client_auth=auth.enabled),
             None
             if translate is None
-            else ChatWebSocket(failover, translate, strip=auth.enabled, abandon=abandon),
+            else ChatWebSocket(
+                failover,
+                translate,
+                strip=auth.enabled,
+                abandon=abandon,
+                memory=MemoryLimits.of(config.pool.provider),
+            ),
             auth=auth,
             admission=self.admission,
         )

@@ -1,8 +1,10 @@
 """What the mock answers, decided from the conversation (pure).
 
-- The last turn is a tool result → text that quotes it: ``tool said: <output>``.
+- The last turn is a tool result → text that quotes it: ``tool said: <output>``. A chat tool
+  result that answers no earlier tool call is refused (400), as real providers do.
 - Tools are offered and the last turn is the user's → a call of the first tool, with
-  arguments made from its JSON schema (strings ``"mock"``, numbers ``1``, booleans ``true``).
+  arguments made from its JSON schema (strings ``"mock"``, numbers ``1``, booleans ``true``,
+  an enum's first value).
 - Otherwise → ``mock mock mock …`` in ``chunks`` pieces of ``chunk_size`` characters.
 
 The same plan is rendered as a chat completion or as a Responses answer, so a client sees the
@@ -16,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Plan", "ToolCall", "plan_chat", "plan_responses", "reply_text"]
+__all__ = ["Plan", "ToolCall", "check_chat_messages", "plan_chat", "plan_responses", "reply_text"]
 
 
 def reply_text(chunks: int, chunk_size: int) -> list[str]:
@@ -44,11 +46,18 @@ class Plan:
         return "".join(self.pieces)
 
 
+def _value(spec: dict[str, Any], values: dict[str, object]) -> object:
+    enum = spec.get("enum")
+    if isinstance(enum, list) and enum:  # a value the schema allows
+        return enum[0]
+    return values.get(str(spec.get("type")))
+
+
 def _arguments(parameters: Any) -> str:
     properties = parameters.get("properties", {}) if isinstance(parameters, dict) else {}
     values: dict[str, object] = {"string": "mock", "number": 1, "integer": 1, "boolean": True}
     args = {
-        name: values.get(str(spec.get("type"))) if isinstance(spec, dict) else None
+        name: _value(spec, values) if isinstance(spec, dict) else None
         for name, spec in properties.items()
     }
     return json.dumps(args, separators=(",", ":"))
@@ -63,8 +72,24 @@ def _pieces(text: str, size: int) -> tuple[str, ...]:
     return tuple(text[i : i + size] for i in range(0, len(text), size)) or ("",)
 
 
+def check_chat_messages(messages: list[dict[str, Any]]) -> None:
+    """Refuse what a real provider refuses (ValueError): a tool result that answers no tool
+    call of an earlier assistant message: a conversation that lost its history."""
+    called: set[str] = set()
+    for n, message in enumerate(messages):
+        for call in message.get("tool_calls") or []:
+            if isinstance(call, dict):
+                called.add(str(call.get("id")))
+        if message.get("role") == "tool" and str(message.get("tool_call_id")) not in called:
+            raise ValueError(
+                f"messages[{n}]: a message with role 'tool' must answer a tool call of an "
+                f"earlier assistant message (no tool_call {message.get('tool_call_id')!r})"
+            )
+
+
 def plan_chat(body: dict[str, Any], chunks: int, chunk_size: int) -> Plan:
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    check_chat_messages(messages)
     last = messages[-1] if messages else {}
     if last.get("role") == "tool":
         return Plan(_pieces(f"tool said: {last.get('content')}", chunk_size))

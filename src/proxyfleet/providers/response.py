@@ -164,6 +164,11 @@ class StreamTranslator:
         self.ended = False
 
     # -- public ------------------------------------------------------------------------------
+    @property
+    def output(self) -> list[dict[str, Any]]:
+        """The output items closed so far (all of them after ``finish``)."""
+        return list(self._output)
+
     def start(self) -> list[dict[str, Any]]:
         created = self._shape.response("in_progress", [])
         self._emit("response.created", response=created)
