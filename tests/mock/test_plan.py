@@ -228,4 +228,5 @@ def test_an_enum_argument_takes_a_value_the_schema_allows() -> None:
     schema = {"type": "object", "properties": {"mode": {"type": "string", "enum": ["a", "b"]}}}
     body = {"messages": [{"role": "user", "content": "x"}], "tools": [chat_tool("f", schema)]}
     call = plan_chat(body, 1, 4).call
-    assert call is not None and json.loads(call.arguments) == {"mode": "a"}
+    assert call is not None
+    assert json.loads(call.arguments) == {"mode": "a"}
