@@ -113,6 +113,7 @@ EXPECTED = {
     "PoolClosed": (503, "server_error", "shutting_down"),
     "ProvisioningBlocked": (503, "server_error", "provisioning_blocked"),
     "ProvisioningFailed": (503, "server_error", "provisioning_failed"),
+    "StoreUnavailable": (503, "server_error", "store_unavailable"),
     "UpstreamError": (502, "server_error", "upstream_error"),
     "UpstreamTimeout": (504, "server_error", "upstream_timeout"),
     "UpstreamClosed": (502, "server_error", "upstream_error"),

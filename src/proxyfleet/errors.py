@@ -7,6 +7,7 @@
     ├── StateError                       an object used outside its lifecycle (after close…)
     ├── ClientGone                       the client disconnected: nothing more is sent
     ├── ListenError                      the listening address cannot be bound (port busy…)
+    ├── StoreConflict                    a shared pool store disagrees with this config (exit 2)
     ├── ProvisionerError                 a provisioner call failed (transport, refusal, bad answer)
     ├── InvalidMessage                   not JSON-RPC 2.0 (an MCP body or line); knows its code
     ├── UpstreamGone                     an MCP session's upstream exited or is being stopped
@@ -23,6 +24,7 @@
         │   ├── QueueFull                the waiting queue is full
         │   ├── NoHealthyBackend         every backend is quarantined or draining
         │   ├── PoolClosed               the pool is shutting down
+        │   ├── StoreUnavailable         the shared pool store (Redis) cannot be reached
         │   ├── ProvisioningBlocked      the orchestrator says it cannot provision now
         │   └── ProvisioningFailed       provisioning failed (or its circuit breaker is open)
         └── UpstreamError                502 the upstream failed (connect, timeout, 5xx)
@@ -63,6 +65,8 @@ __all__ = [
     "SessionLimit",
     "SpawnFailed",
     "StateError",
+    "StoreConflict",
+    "StoreUnavailable",
     "Unauthorized",
     "UpgradeRequired",
     "UpstreamClosed",
@@ -93,6 +97,13 @@ class ConfigError(ProxyfleetError):
 
 class StateError(ProxyfleetError):
     """An object was used outside of its lifecycle (before open or after close)."""
+
+
+class StoreConflict(ProxyfleetError):
+    """A shared pool store cannot take this process as configured (other processes serve it
+    with other backends): a start-up error."""
+
+    exit_code = 2
 
 
 class ClientGone(ProxyfleetError):
@@ -221,6 +232,14 @@ class PoolClosed(PoolError):
 
 class ProvisioningBlocked(PoolError):
     code = "provisioning_blocked"
+
+
+class StoreUnavailable(PoolError):
+    """The shared pool store (Redis) does not answer: no lease can be had or settled now (at
+    start, the gateway exits 2)."""
+
+    code = "store_unavailable"
+    exit_code = 2
 
 
 class ProvisioningFailed(PoolError):

@@ -23,6 +23,7 @@ from proxyfleet.config.model import (
     ProviderConfig,
     ProvisionerConfig,
     ServerConfig,
+    StoreConfig,
     UpstreamConfig,
 )
 from proxyfleet.pool.pool import DEFAULTS, PoolSettings
@@ -107,6 +108,8 @@ def _as_written(value: object) -> str:
         return "{}" if not value else repr(value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, StoreConfig):
+        return value.kind  # written as its shorthand: memory
     if isinstance(value, BaseModel):
         return repr(value)
     return str(value)
@@ -411,3 +414,16 @@ def test_encoder_cpus_beyond_the_machine_are_refused(offset: int) -> None:
 def test_a_negative_encoder_cpu_is_refused() -> None:
     with pytest.raises(ValidationError, match="CPU -1 does not exist here"):
         DebugConfig(encoder_cpus=(-1,))
+
+
+def test_the_pool_store_is_memory_or_redis() -> None:
+    assert PoolConfig().store.kind == "memory"
+    assert PoolConfig(store="memory").store.kind == "memory"  # type: ignore[arg-type]
+    shared = PoolConfig(store={"redis": {"url": "redis://127.0.0.1:6379/0"}})  # type: ignore[arg-type]
+    assert shared.store.kind == "redis"
+    assert shared.store.redis is not None
+    assert (shared.store.redis.key_prefix, shared.store.redis.lease_ttl) == ("proxyfleet", 15.0)
+    with pytest.raises(ValidationError, match="'memory' or"):
+        PoolConfig(store="redis")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="url"):
+        PoolConfig(store={"redis": {"url": "http://127.0.0.1:6379"}})  # type: ignore[arg-type]

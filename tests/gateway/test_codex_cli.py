@@ -35,8 +35,8 @@ def codex_exec(gateway_url: str, home: Path, workdir: Path, prompt: str) -> list
             pytest.fail("CI must provide the Codex CLI (npm install -g @openai/codex; .ci/run)")
         pytest.skip("needs the Codex CLI: npm install -g @openai/codex")
     provider = (
-        '{name="proxyfleet",base_url="%s",env_key="PROXYFLEET_TEST_KEY",'
-        'wire_api="responses",supports_websockets=true}' % gateway_url
+        f'{{name="proxyfleet",base_url="{gateway_url}",env_key="PROXYFLEET_TEST_KEY",'
+        'wire_api="responses",supports_websockets=true}'
     )
     settings = {
         "model": "mock-model",

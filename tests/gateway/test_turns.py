@@ -107,4 +107,5 @@ def test_no_memory_at_all_with_zero_responses() -> None:
 def test_input_that_is_neither_text_nor_items_is_left_to_the_translator() -> None:
     memory = TurnMemory(MemoryLimits())
     turn = memory.resolve({"input": {"not": "valid"}})
-    assert turn.params["input"] == {"not": "valid"} and turn.items == []
+    assert turn.params["input"] == {"not": "valid"}
+    assert turn.items == []

@@ -2,7 +2,8 @@
 
 A factory takes the members, the health policy and the clock, and returns an unopened store.
 The contract suite (``test_store.py``) and the stateful pool test run once per entry of
-:data:`STORES`; a shared store joins this table when it lands.
+:data:`STORES`: the in-memory store, and the Redis store on a real ``redis-server`` (one per
+test session, a fresh key prefix per store).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 from proxyfleet.pool import Member, MemoryStore, PoolStore
 from proxyfleet.pool.health import HealthPolicy
+from proxyfleet.pool.redis import RedisStore
+from tests import redisd
 
 StoreFactory = Callable[[Sequence[Member], HealthPolicy, Callable[[], float]], PoolStore]
 
@@ -21,4 +24,10 @@ def memory(
     return MemoryStore(members, policy, clock)
 
 
-STORES: dict[str, StoreFactory] = {"memory": memory}
+def redis(members: Sequence[Member], policy: HealthPolicy, clock: Callable[[], float]) -> PoolStore:
+    return RedisStore(members, policy, clock, url=redisd.shared().url, key_prefix=redisd.prefix())
+
+
+STORES: dict[str, StoreFactory] = {"memory": memory, "redis": redis}
+#: Stores whose answers cross a socket: they cannot run on a virtual clock that jumps.
+OVER_A_SOCKET = frozenset({"redis"})

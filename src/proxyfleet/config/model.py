@@ -34,7 +34,9 @@ __all__ = [
     "ProviderConfig",
     "ProvisionerConfig",
     "ProvisionerPaths",
+    "RedisStoreConfig",
     "ServerConfig",
+    "StoreConfig",
     "UpstreamConfig",
 ]
 
@@ -184,6 +186,26 @@ class ProvisionerConfig(_Model):
         return self
 
 
+class RedisStoreConfig(_Model):
+    """A pool shared through Redis by every process and host given the same ``url`` and
+    ``key_prefix``; Redis holds ids, counters, health and leases, never a credential."""
+
+    url: str = Field(pattern=r"^(redis|rediss|unix)://", description="redis://host:port/db")
+    key_prefix: str = Field(default="proxyfleet", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    lease_ttl: float = Field(default=15.0, ge=1, description="a dead holder's leases end after")
+    timeout: float = Field(default=2.0, gt=0, description="seconds for one Redis answer")
+
+
+class StoreConfig(_Model):
+    """Where pool state lives: this process (``memory``, the default) or Redis."""
+
+    redis: RedisStoreConfig | None = None
+
+    @property
+    def kind(self) -> str:
+        return "memory" if self.redis is None else "redis"
+
+
 class PoolConfig(_Model):
     """The backend pool: where backends come from and how they are leased."""
 
@@ -207,6 +229,7 @@ class PoolConfig(_Model):
     upstreams: tuple[HttpUrl, ...] = ()
     backends: tuple[BackendConfig, ...] = ()
     provisioner: ProvisionerConfig | None = None
+    store: StoreConfig = StoreConfig()
 
     def settings(self) -> PoolSettings:
         """How the pool hands out leases, as the pool itself takes it."""
@@ -224,6 +247,16 @@ class PoolConfig(_Model):
     def _provider_shorthand(cls, value: object) -> object:
         """``provider: chat`` is short for ``provider: {mode: chat}``."""
         return {"mode": value} if isinstance(value, str) else value
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_shorthand(cls, value: object) -> object:
+        """``store: memory`` is the default spelled out."""
+        if value == "memory":
+            return {}
+        if isinstance(value, str):
+            raise ValueError("must be 'memory' or {redis: {url: redis://host:port/db, ...}}")
+        return value
 
 
 class McpUpstreamConfig(_Model):

@@ -20,7 +20,13 @@ from proxyfleet._asgi import Receive, Scope, Send, lifespan, send_error
 from proxyfleet.config.model import Config
 from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.debuglog.requests import RequestLog
-from proxyfleet.errors import PoolClosed, StateError, Unauthorized
+from proxyfleet.errors import (
+    PoolClosed,
+    ProxyfleetError,
+    StateError,
+    StoreUnavailable,
+    Unauthorized,
+)
 from proxyfleet.gateway.admission import Admission
 from proxyfleet.gateway.auth import ClientAuth
 from proxyfleet.gateway.failover import Failover
@@ -37,7 +43,8 @@ from proxyfleet.logs import event
 from proxyfleet.mcpproxy.http import send_mcp_error
 from proxyfleet.mcpproxy.mount import McpMount
 from proxyfleet.orchestrator import Elastic, StreamEvents, build_provisioner
-from proxyfleet.pool import BackendSpec, Pool
+from proxyfleet.pool import BackendSpec, Pool, PoolStore
+from proxyfleet.pool.health import HealthPolicy
 from proxyfleet.pool.prober import Prober
 from proxyfleet.providers.request import TranslateOptions
 from proxyfleet.transports import HttpTransport, Transport, Transports
@@ -75,6 +82,27 @@ async def _not_serving_ops(scope: Scope, send: Send, path: str) -> None:
     await send_error(send, PoolClosed("the gateway is not serving", retry_after=1.0))
 
 
+def shared_store(
+    config: Config, backends: Sequence[BackendSpec], clock: Callable[[], float]
+) -> PoolStore | None:
+    """The pool store ``pool.store`` names, or None for this process's own (memory)."""
+    redis = config.pool.store.redis
+    if redis is None:
+        return None
+    from proxyfleet.pool.redis import RedisStore  # redis-py only where it is used
+
+    pool = config.pool
+    return RedisStore(
+        [spec.member for spec in backends],
+        HealthPolicy(pool.unhealthy_after, pool.cooldown),
+        clock,
+        url=redis.url,
+        key_prefix=redis.key_prefix,
+        lease_ttl=redis.lease_ttl,
+        timeout=redis.timeout,
+    )
+
+
 class Gateway:
     """One gateway: ``await gateway.start()`` … ``await gateway.stop()`` (or ASGI lifespan).
 
@@ -93,9 +121,11 @@ class Gateway:
         self.pool = Pool(
             backends,
             config.pool.settings(),
+            shared_store(config, backends, clock),
             elastic=config.pool.provisioner is not None or not backends,
             clock=clock,
         )
+        self.failure: ProxyfleetError | None = None  # why start failed, for the exit code
         self.metrics = GatewayMetrics()
         self.mcp = McpMount(config.mcp, config.server.max_body_bytes)
         self.admission = Admission(config.server.max_sessions)
@@ -113,6 +143,15 @@ class Gateway:
     async def start(self) -> None:
         if self.state is not GatewayState.NEW:
             raise StateError(f"gateway cannot start in state {self.state.value}")
+        try:
+            await self._start()
+        except BaseException as exc:
+            if isinstance(exc, ProxyfleetError):
+                self.failure = exc
+            await self._stack.aclose()
+            raise
+
+    async def _start(self) -> None:
         config, stack = self.config, self._stack
         auth = self._auth = ClientAuth.from_file(config.server.auth_keys_file)
         given = self._transports or {
@@ -245,7 +284,11 @@ class Gateway:
     async def readiness(self) -> tuple[bool, str]:
         if self.state is not GatewayState.SERVING:
             return False, f"gateway is {self.state.value}"
-        if not await self.pool.ready():
+        try:
+            ready = await self.pool.ready()
+        except StoreUnavailable as error:
+            return False, error.message
+        if not ready:
             if self.elastic is not None and self.elastic.can_grow():
                 return True, "ready (backends are provisioned on demand)"
             if self.mcp and not self.pool.size and self.config.pool.provisioner is None:

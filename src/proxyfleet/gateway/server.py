@@ -105,7 +105,7 @@ async def serve_gateway(
     backends: Sequence[BackendSpec],
     sock: socket.socket,
     announce: Callable[[str], None] | None = None,
-) -> GatewayServer:
+) -> tuple[GatewayServer, Gateway]:
     gateway = Gateway(config, backends)
     server = GatewayServer(uvicorn_config(gateway, config), gateway.begin_drain)
     host, port = sock.getsockname()[:2]
@@ -113,8 +113,12 @@ async def serve_gateway(
     if announce is not None:
         announce(f"http://{shown}:{port}/v1")
     event(_log, "listening", url=f"http://{shown}:{port}/v1", backends=len(backends))
-    await server.serve(sockets=[sock])
-    return server
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit:  # uvicorn's way to say the startup failed (exit code 3)
+        if gateway.failure is None:
+            raise
+    return server, gateway
 
 
 def run_gateway(config: Config, backends: Sequence[BackendSpec], sock: socket.socket) -> int:
@@ -130,8 +134,12 @@ def run_gateway(config: Config, backends: Sequence[BackendSpec], sock: socket.so
             flush=True,
         )
 
-    server = uvloop.run(serve_gateway(config, backends, sock, announce))
+    server, gateway = uvloop.run(serve_gateway(config, backends, sock, announce))
     if not server.started:
+        failure = gateway.failure
+        if failure is not None and isinstance(getattr(failure, "exit_code", None), int):
+            print(f"proxyfleet: {failure}", file=sys.stderr)
+            return int(failure.exit_code)  # type: ignore[attr-defined]
         print("proxyfleet: the gateway failed to start (see the log above)", file=sys.stderr)
         return 1
     return 0

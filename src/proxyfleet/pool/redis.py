@@ -1,0 +1,491 @@
+"""The Redis pool store: one pool shared by many processes and hosts.
+
+Every decision on shared state is a server-side script (:mod:`.redis_scripts`), so two
+processes never grant the same slot: a backend with ``max_concurrency`` 1 serves one request
+at a time fleet-wide. A lease records its holder (request id, process, host) and expires
+``lease_ttl`` seconds after its holder last renewed it; each process renews its own leases
+every third of that, so a long stream keeps its lease and a killed process loses all of its
+leases within ``lease_ttl``. Releases, joins and drains lifted anywhere are published; every
+store subscribes and tells its watchers, so a waiter in any process wakes within
+milliseconds. A quarantine end reaches the watchers from a timer each store arms on the
+quarantine ends it hears of.
+
+When Redis cannot be reached, an operation raises
+:class:`~proxyfleet.errors.StoreUnavailable` (503 ``store_unavailable``), except a release: it
+is kept and settled when Redis answers again (until then the lease's expiry is not renewed, so
+nothing is held twice). Redis holds no secret: members are ids, caps and public URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Self, cast
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from proxyfleet.errors import StateError, StoreConflict, StoreUnavailable
+from proxyfleet.logs import event
+from proxyfleet.pool import redis_scripts as lua
+from proxyfleet.pool.backend import Member, public_url
+from proxyfleet.pool.health import Health, HealthPolicy, HealthRecord, Outcome, state_of
+from proxyfleet.pool.selection import Strategy
+from proxyfleet.pool.store import (
+    BackendStatus,
+    ChangeKind,
+    Grant,
+    Listener,
+    NoCandidate,
+    Unavailable,
+)
+
+__all__ = ["RedisStore"]
+
+_log = logging.getLogger("proxyfleet.pool")
+_KINDS = {kind.value: kind for kind in ChangeKind}
+_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def _member_json(member: Member, static: bool) -> str:
+    return json.dumps(
+        {
+            "id": member.id,
+            "max_concurrency": member.max_concurrency,
+            "kind": member.kind,
+            "url": public_url(member.url) if member.url else "",
+            "static": static,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _member_of(raw: bytes | str) -> Member:
+    data = json.loads(raw)
+    return Member(data["id"], int(data["max_concurrency"]), data["kind"], data["url"])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _status_of(row: list[Any], now: float) -> BackendStatus:
+    """One member's row of the SNAPSHOT script as a status."""
+    member = _member_of(row[0])
+    cap, inflight, state, cf, qu, served, failures, last_used = (_text(f) for f in row[1])
+    health = HealthRecord(Health(state), int(cf), float(qu))
+    until = health.quarantined_until
+    holders = [json.loads(h) for h in row[2]]
+    return BackendStatus(
+        id=member.id,
+        upstream=member.url,
+        state=state_of(health, int(inflight)),
+        inflight=int(inflight),
+        max_concurrency=int(cap),
+        leases_served=int(served),
+        failures=int(failures),
+        consecutive_failures=health.consecutive_failures,
+        last_used=float(last_used) or None,
+        quarantined_until=until if health.state is Health.QUARANTINED and until > now else None,
+        serving=tuple(h.get("rid", "") for h in holders),
+    )
+
+
+class RedisStore:
+    """Pool state in Redis at ``url`` under ``key_prefix``; ``members`` are this process's
+    configured backends (the store checks them against the other processes')."""
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        policy: HealthPolicy,
+        clock: Callable[[], float] = time.time,
+        *,
+        url: str,
+        key_prefix: str = "proxyfleet",
+        lease_ttl: float = 15.0,
+        timeout: float = 2.0,
+    ) -> None:
+        if len({m.id for m in members}) != len(members):
+            raise ValueError("backend ids must be unique")
+        self._configured = tuple(members)
+        self._policy = policy
+        self._now = clock
+        self._url = url
+        self._shown = public_url(url) if "://" in url else url
+        self._prefix = key_prefix
+        self._ttl = lease_ttl
+        self._timeout = timeout
+        self._host = socket.gethostname()
+        self.process = f"{self._host}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._members: tuple[Member, ...] = tuple(members)
+        self._listeners: list[Listener] = []
+        self._held: dict[str, str] = {}  # "<id>:<token>" → holder JSON, the leases held here
+        self._pending: list[tuple[Grant, Outcome]] = []  # releases Redis has not taken yet
+        self._cool_ends: dict[str, float] = {}
+        self._state = _State.NEW
+        self._redis: aioredis.Redis | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.reachable = False
+        self.stale_releases = 0  # this process's releases Redis refused
+        self.lost_leases = 0  # leases that expired before this process released them
+        self.calls_in_flight = 0  # scripts sent and not answered yet
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.NEW:
+            raise StateError(f"store cannot be opened in state {self._state.value}")
+        self._loop = asyncio.get_running_loop()
+        self._redis = aioredis.Redis.from_url(
+            self._url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            health_check_interval=0,
+        )
+        self._scripts = {
+            name: self._redis.register_script(getattr(lua, name))
+            for name in (
+                "ACQUIRE",
+                "RELEASE",
+                "HEARTBEAT",
+                "OPEN",
+                "ADD",
+                "REMOVE",
+                "DRAIN",
+                "RESTORE",
+            )
+        }
+        self._snapshot_script = self._redis.register_script(lua.SNAPSHOT)
+        try:
+            await self._open()
+        except BaseException:
+            await self._redis.aclose()
+            raise
+        self._state = _State.OPEN
+        self.reachable = True
+        subscribed = asyncio.Event()
+        self._tasks = [
+            asyncio.ensure_future(self._listen(subscribed)),
+            asyncio.ensure_future(self._heartbeats()),
+        ]
+        with contextlib.suppress(TimeoutError):  # a slow subscription is caught up on by polls
+            await asyncio.wait_for(subscribed.wait(), self._timeout)
+        return self
+
+    async def _open(self) -> None:
+        args: list[Any] = [*self._args(), self._ttl, *self._policy_args()]
+        for member in self._configured:
+            args += [member.id, _member_json(member, True), member.max_concurrency]
+        try:
+            answer = await self._scripts["OPEN"](args=[self._prefix, self.process, *args])
+        except _REDIS_ERRORS as exc:
+            raise StoreUnavailable(
+                f"the pool store at {self._shown} is unreachable: {exc}", retry_after=1.0
+            ) from exc
+        verdict = _text(answer[0])
+        if verdict == "mismatch":
+            missing, extra = json.loads(answer[1]), json.loads(answer[2])
+            raise StoreConflict(
+                f"the pool in {self._shown} (prefix {self._prefix!r}) is served by other "
+                "processes with other backends: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"not in theirs: {', '.join(missing)}" if missing else "",
+                        f"only in theirs: {', '.join(extra)}" if extra else "",
+                    )
+                    if part
+                )
+                + ". Every process sharing a pool must configure the same backends."
+            )
+        if verdict == "held":
+            raise StoreConflict(
+                f"the pool in {self._shown} still holds leases on backends this config no "
+                f"longer has ({', '.join(json.loads(answer[1]))}); they expire within "
+                f"{self._ttl:g}s of their holder stopping: start again then"
+            )
+        await self._refresh_members()
+        for status in await self.snapshot():
+            if status.quarantined_until is not None:
+                self._cool_ends[status.id] = status.quarantined_until
+        self._arm()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._state is not _State.OPEN:
+            self._state = _State.CLOSED
+            return
+        self._state = _State.CLOSED
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, *_REDIS_ERRORS):
+                await task
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._redis is not None:
+            with contextlib.suppress(*_REDIS_ERRORS):
+                await self._settle_pending()
+                await self._redis.zrem(f"{self._prefix}:procs", self.process)
+            await self._redis.aclose()
+
+    def watch(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def members(self) -> Sequence[Member]:
+        return self._members
+
+    # -- the protocol ------------------------------------------------------------------------
+    async def acquire(
+        self,
+        strategy: Strategy,
+        exclude: Collection[str] = (),
+        only: str | None = None,
+        holder: str = "",
+    ) -> Grant | Unavailable:
+        self._check_open()
+        who = json.dumps({"rid": holder, "process": self.process, "host": self._host})
+        args = (who, self._ttl, only or "", json.dumps(list(exclude)), *self._policy_args())
+        answer = await self._call("ACQUIRE", strategy, *self._args(), *args)
+        if int(answer[0]) == -1:  # Redis restarted empty: the pool again, then the same ask
+            await self._reopen()
+            answer = await self._call("ACQUIRE", strategy, *self._args(), *args)
+        if int(answer[0]) == 1:
+            grant = Grant(_text(answer[1]), int(answer[2]))
+            self._held[f"{grant.backend_id}:{grant.token}"] = who
+            return grant
+        reason = NoCandidate.BUSY if _text(answer[1]) == "busy" else NoCandidate.NONE
+        retry = _text(answer[2])
+        return Unavailable(reason, float(retry) if retry else None)
+
+    async def release(self, grant: Grant, outcome: Outcome) -> bool:
+        entry = f"{grant.backend_id}:{grant.token}"
+        if self._state is not _State.OPEN or self._redis is None:
+            return False
+        try:
+            settled = await self._release(grant, outcome)
+        except StoreUnavailable:
+            # kept for when Redis answers again; no longer renewed, so it cannot outlive ttl
+            self._held.pop(entry, None)
+            self._pending.append((grant, outcome))
+            return True
+        return settled
+
+    async def _release(self, grant: Grant, outcome: Outcome) -> bool:
+        self._held.pop(f"{grant.backend_id}:{grant.token}", None)
+        answer = await self._call(
+            "RELEASE",
+            grant.backend_id,
+            grant.token,
+            outcome.value,
+            *self._args(),
+            *self._policy_args(),
+            self.process,
+        )
+        if int(answer[0]) != 1:
+            self.stale_releases += 1
+            return False
+        self._heard(ChangeKind.RELEASED, grant.backend_id, float(_text(answer[1])))
+        return True
+
+    async def set_draining(self, backend_id: str, draining: bool) -> None:
+        self._check_open()
+        lifted = await self._call("DRAIN", backend_id, "1" if draining else "0", self.process)
+        if int(lifted):
+            self._heard(ChangeKind.UNDRAINED, backend_id, 0.0)
+
+    async def add(self, member: Member) -> None:
+        self._check_open()
+        added = await self._call(
+            "ADD", member.id, _member_json(member, False), member.max_concurrency, self.process
+        )
+        if not int(added):
+            raise ValueError(f"backend id {member.id!r} is already in the pool")
+        await self._refresh_members()
+        self._heard(ChangeKind.JOINED, member.id, 0.0)
+
+    async def remove(self, backend_id: str) -> bool:
+        self._check_open()
+        if not int(await self._call("REMOVE", backend_id, self.process)):
+            return False
+        await self._refresh_members()
+        self._heard(ChangeKind.LEFT, backend_id, 0.0)
+        return True
+
+    async def snapshot(self) -> list[BackendStatus]:
+        self._check_open(opening=True)
+        now = self._now()
+        try:
+            rows = await self._snapshot_script(args=[self._prefix])
+        except _REDIS_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        return [_status_of(row, now) for row in rows]
+
+    # -- internals ---------------------------------------------------------------------------
+    def _check_open(self, opening: bool = False) -> None:
+        """Raise unless open (or, with ``opening``, being opened)."""
+        if self._state is _State.OPEN:
+            return
+        if opening and self._state is _State.NEW and self._redis is not None:
+            return
+        raise StateError(f"store is {self._state.value}: use 'async with store'")
+
+    def _args(self) -> tuple[Any, ...]:
+        return (repr(self._now()),)
+
+    def _policy_args(self) -> tuple[Any, ...]:
+        return (self._policy.unhealthy_after, repr(self._policy.cooldown))
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        self.calls_in_flight += 1
+        try:
+            try:
+                answer = await self._scripts[name](args=[self._prefix, *args])
+            except redis.exceptions.ConnectionError:  # a pooled connection Redis closed
+                answer = await self._scripts[name](args=[self._prefix, *args])
+        except _REDIS_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            self.calls_in_flight -= 1
+        if not self.reachable:
+            self._back()
+        return answer
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        if self.reachable:
+            self.reachable = False
+            event(_log, "store_unavailable", url=self._shown, error=str(exc) or type(exc).__name__)
+        return StoreUnavailable(f"the pool store at {self._shown} is unreachable", retry_after=1.0)
+
+    def _back(self) -> None:
+        self.reachable = True
+        event(_log, "store_available", url=self._shown)
+
+    async def _refresh_members(self) -> None:
+        assert self._redis is not None
+        try:
+            ids = cast(list[bytes], await self._redis.zrange(f"{self._prefix}:index", 0, -1))
+            raw = await self._redis.hmget(f"{self._prefix}:members", ids) if ids else []
+        except _REDIS_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        self._members = tuple(_member_of(r) for r in raw if r is not None)
+
+    def _heard(self, kind: ChangeKind, backend_id: str, until: float) -> None:
+        """A change, ours or published by another process: the timer, then the watchers."""
+        if until > 0:
+            self._cool_ends[backend_id] = until
+            self._arm()
+        for listener in self._listeners:
+            listener(kind, backend_id)
+
+    async def _listen(self, subscribed: asyncio.Event) -> None:
+        """The change feed: Redis pub/sub, resubscribed after Redis comes back (then every
+        watcher is told, since releases may have been missed meanwhile)."""
+        assert self._redis is not None
+        channel = f"{self._prefix}:changes"
+        missed = False
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                subscribed.set()
+                if missed:
+                    missed = False
+                    await self._refresh_members()
+                    for member in self._members:
+                        self._heard(ChangeKind.RELEASED, member.id, 0.0)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        await self._message(_text(message["data"]))
+            except _REDIS_ERRORS:
+                missed = True
+                await asyncio.sleep(0.25)
+            finally:
+                with contextlib.suppress(*_REDIS_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _message(self, text: str) -> None:
+        parts = text.split(" ")
+        if len(parts) != 4 or parts[0] not in _KINDS or parts[3] == self.process:
+            return  # ours were told when they happened
+        kind = _KINDS[parts[0]]
+        if kind in (ChangeKind.JOINED, ChangeKind.LEFT):
+            with contextlib.suppress(StoreUnavailable):
+                await self._refresh_members()
+        self._heard(kind, parts[1], float(parts[2]))
+
+    async def _heartbeats(self) -> None:
+        """Renew this process's leases every third of the ttl; settle releases kept while
+        Redis was away; a lease that expired anyway is counted and logged."""
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                await self._settle_pending()
+                lost = await self._call(
+                    "HEARTBEAT", self.process, *self._args(), self._ttl, *self._policy_args(),
+                    *self._held,
+                )  # fmt: skip
+            except StoreUnavailable:
+                continue
+            if lost and lost[0] == -1:
+                with contextlib.suppress(StoreUnavailable, StoreConflict):
+                    await self._reopen()
+                continue
+            for entry in lost:
+                self._held.pop(_text(entry), None)
+                self.lost_leases += 1
+                event(_log, "lease_expired", lease=_text(entry), process=self.process)
+
+    async def _reopen(self) -> None:
+        """Redis lost the pool (it restarted with nothing saved): open it again with this
+        process's backends, and put back the leases held here, so none is handed out twice."""
+        await self._open()
+        pairs = [value for item in self._held.items() for value in item]
+        restored = await self._call("RESTORE", *self._args(), self._ttl, *pairs)
+        event(_log, "store_reopened", url=self._shown, leases_restored=int(restored))
+        for member in self._members:
+            self._heard(ChangeKind.RELEASED, member.id, 0.0)
+
+    async def _settle_pending(self) -> None:
+        while self._pending:
+            grant, outcome = self._pending[0]
+            await self._release(grant, outcome)
+            self._pending.pop(0)
+
+    def _arm(self) -> None:
+        loop = self._loop
+        if loop is None or self._state is _State.CLOSED:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        now = self._now()
+        ahead = [until for until in self._cool_ends.values() if until > now]
+        if ahead:
+            self._timer = loop.call_later(min(ahead) - now + 0.001, self._cooled)
+
+    def _cooled(self) -> None:
+        self._timer = None
+        now = self._now()
+        for backend_id, until in sorted(self._cool_ends.items(), key=lambda kv: kv[1]):
+            if until <= now:
+                del self._cool_ends[backend_id]
+                for listener in self._listeners:
+                    listener(ChangeKind.COOLED, backend_id)
+        self._arm()
