@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxyfleet import __version__
 from proxyfleet._cli_config import add_config_flags, load_from, serve_flags
@@ -14,6 +15,9 @@ from proxyfleet._cli_debug import add_debug_commands, run_debug
 from proxyfleet._cli_fleet import COMMANDS as FLEET_COMMANDS
 from proxyfleet._cli_fleet import add_deploy_commands, add_fleet_commands
 from proxyfleet.errors import ConfigError, ListenError
+
+if TYPE_CHECKING:
+    from proxyfleet.config.model import Config
 
 __all__ = ["main"]
 
@@ -60,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="hold proxy_<port>.lock and write proxy_<port>.pid there (used by 'proxyfleet start')",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N gateway processes on the one port (SO_REUSEPORT), restarted when one dies; "
+        "needs a shared pool store (pool.store.redis): with the memory store each worker "
+        "would hold its own pool",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     check = commands.add_parser(
         "config",
@@ -214,6 +228,8 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format)
     check_serving(config)
     raise_fd_limit()
+    if args.workers != 1:
+        return _serve_workers(args, config)
     host, port = config.server.host, config.server.port
     with contextlib.ExitStack() as stack:
         instance = None
@@ -222,10 +238,63 @@ def _serve(args: argparse.Namespace) -> int:
             path = str(args.config.resolve()) if args.config else None
             instance = InstanceSpec(files, path, tuple(serve_flags(args)))
             stack.enter_context(hold_instance_lock(files))
-        sock = bind(host, port)
+        if args.reuse_port:  # one of a supervisor's workers
+            from proxyfleet.gateway.supervisor import reuse_port_socket
+
+            sock = reuse_port_socket(host, port, listen=True)
+        else:
+            sock = bind(host, port)
         if instance is not None:
             stack.enter_context(instance_record(instance, host))
         return run_gateway(config, backends, sock)
+
+
+def _serve_workers(args: argparse.Namespace, config: Config) -> int:
+    """``serve --workers N``: the port reserved here, N workers serving it, supervised."""
+    import contextlib
+
+    from proxyfleet.fleet.lifecycle import InstanceSpec, hold_instance_lock, instance_record
+    from proxyfleet.fleet.records import InstanceFiles
+    from proxyfleet.gateway.supervisor import Supervisor, reserve_port
+
+    if args.workers < 1:
+        raise ConfigError("flag --workers", "", "must be 1 or more")
+    if config.pool.store.redis is None:
+        raise ConfigError(
+            "flag --workers",
+            "pool.store",
+            f"--workers {args.workers} needs a shared pool store: with the memory store each "
+            "worker would hold its own pool, and one account would serve up to "
+            f"{args.workers} requests at once; set pool.store.redis (see 'Many processes, "
+            "one pool' in the README)",
+        )
+    host = config.server.host
+    with contextlib.ExitStack() as stack:
+        instance = None
+        if args.instance_dir is not None:
+            files = InstanceFiles(args.instance_dir, config.server.port)
+            path = str(args.config.resolve()) if args.config else None
+            instance = InstanceSpec(files, path, tuple(serve_flags(args)))
+            stack.enter_context(hold_instance_lock(files))
+        reserved = stack.enter_context(reserve_port(host, config.server.port))
+        port = reserved.getsockname()[1]
+        if instance is not None:
+            stack.enter_context(instance_record(instance, host))
+        flags = serve_flags(args)
+
+        def command(number: int) -> list[str]:
+            return [
+                sys.executable, "-m", "proxyfleet", "serve", *flags,
+                "--host", host, "--port", str(port), "--reuse-port",
+            ]  # fmt: skip
+
+        def announce(url: str) -> None:
+            print(f"proxyfleet serving {url} with {args.workers} workers", flush=True)
+
+        supervisor = Supervisor(
+            command, args.workers, drain_grace=config.server.drain_grace, announce=announce
+        )
+        return supervisor.run()
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -23,6 +24,7 @@ from proxyfleet.config.model import Config
 from proxyfleet.gateway.app import Gateway
 from proxyfleet.gateway.auth import load_keys
 from proxyfleet.gateway.protocol import Limits, protocol_for
+from proxyfleet.gateway.supervisor import READY_FD
 from proxyfleet.logs import event
 from proxyfleet.pool import BackendSpec
 
@@ -52,10 +54,23 @@ def check_serving(config: Config) -> None:
 class GatewayServer(uvicorn.Server):
     """uvicorn's server with handlers that only record signals (and never re-raise them)."""
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_signal: Callable[[], None],
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self._on_signal = on_signal
+        self._on_started = on_started
         self.received: list[int] = []
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup (the gateway's lifespan, then listening), then ``on_started``:
+        the gateway is announced only once it serves."""
+        await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -107,12 +122,16 @@ async def serve_gateway(
     announce: Callable[[str], None] | None = None,
 ) -> tuple[GatewayServer, Gateway]:
     gateway = Gateway(config, backends)
-    server = GatewayServer(uvicorn_config(gateway, config), gateway.begin_drain)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    if announce is not None:
-        announce(f"http://{shown}:{port}/v1")
-    event(_log, "listening", url=f"http://{shown}:{port}/v1", backends=len(backends))
+    url = f"http://{shown}:{port}/v1"
+
+    def started() -> None:
+        if announce is not None:
+            announce(url)
+        event(_log, "listening", url=url, backends=len(backends))
+
+    server = GatewayServer(uvicorn_config(gateway, config), gateway.begin_drain, started)
     try:
         await server.serve(sockets=[sock])
     except SystemExit:  # uvicorn's way to say the startup failed (exit code 3)
@@ -126,6 +145,12 @@ def run_gateway(config: Config, backends: Sequence[BackendSpec], sock: socket.so
     tune_gc()
 
     def announce(url: str) -> None:
+        ready_fd = os.environ.pop(READY_FD, None)
+        if ready_fd is not None:  # a supervisor's worker: it announces the gateway, once
+            with contextlib.suppress(OSError, ValueError):
+                os.write(int(ready_fd), url.encode() + b"\n")
+                os.close(int(ready_fd))
+            return
         cap = config.pool.max_concurrency
         mode = "single-flight" if cap == 1 else f"up to {cap} per backend"
         print(
