@@ -98,3 +98,13 @@ def test_help_explains_commands() -> None:
     serve = run_cli("serve", "--help")
     assert "--credentials-dir" in serve.stdout
     assert "single-flight" in serve.stdout
+
+
+def test_help_shows_the_json_forms_of_status_and_ps() -> None:
+    top = run_cli("--help").stdout
+    assert "proxyfleet status --json" in top
+    assert "proxyfleet ps -f deploy.yaml --json" in top
+    for command in (["status"], ["ps"]):
+        text = run_cli(*command, "--help").stdout
+        assert "--json" in text
+        assert "stable keys" in text

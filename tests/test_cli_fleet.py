@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from proxyfleet.fleet.deploy import load_deployment
+from proxyfleet.fleet.lifecycle import hold_instance_lock
 from proxyfleet.fleet.manager import Manager, Process
 from proxyfleet.fleet.nginx import render_nginx
 from proxyfleet.fleet.records import InstanceFiles, new_record, process_start_ticks, write_record
@@ -176,14 +177,57 @@ def test_status_of_a_running_and_a_stale_instance(runtime: Path, env: dict[str, 
     ]
     assert rows[0]["uptime"] >= 0
     assert rows[1]["uptime"] is None
+    assert sorted(rows[0]) == ["config", "health", "log", "pid", "port", "state", "uptime"]
+    write_record(gone_files, replace(dead, pid=DEAD_PID))  # status cleaned it: once more
     table = _cli("status", env=env).stdout.splitlines()
     assert table[0].split() == ["PORT", "PID", "STATE", "UPTIME", "HEALTH", "CONFIG", "/", "LOG"]
     assert table[1].split()[:3] == [str(live), str(os.getpid()), "running"]
     assert table[1].rstrip().endswith(f"/etc/pf.yaml  {live_files.log}")
     assert table[2].split()[:5] == [str(gone), str(DEAD_PID), "stale", "-", "-"]
     assert "(flags)" in table[2]
-    assert live_files.pid.exists()  # status reads, it never cleans
-    assert gone_files.pid.exists()
+    assert live_files.pid.exists()
+
+
+def test_status_cleans_stale_files_and_says_so_on_stderr(
+    runtime: Path, env: dict[str, str]
+) -> None:
+    live, gone, torn, lock_only, held = sorted(_free_port() for _ in range(5))
+    live_files, gone_files = InstanceFiles(runtime, live), InstanceFiles(runtime, gone)
+    write_record(live_files, new_record(live, "127.0.0.1", None, live_files.log, ()))
+    dead = new_record(gone, "127.0.0.1", None, gone_files.log, ())
+    write_record(gone_files, replace(dead, pid=DEAD_PID))
+    gone_files.lock.write_text("")  # left by the crash too
+    gone_files.log.write_text("what happened\n")
+    InstanceFiles(runtime, torn).pid.write_text("{torn")
+    InstanceFiles(runtime, lock_only).lock.write_text("")  # a crash before the record
+    held_files = InstanceFiles(runtime, held)
+    with hold_instance_lock(held_files):  # an instance still starting: not stale
+        result = _cli("status", "--json", env=env)
+        rows = json.loads(result.stdout)
+        assert [(r["port"], r["state"]) for r in rows] == [
+            (p, s) for p, s in sorted([(live, "running"), (gone, "stale"), (torn, "stale")])
+        ]
+        assert result.stderr.splitlines() == [
+            line
+            for _, line in sorted(
+                [
+                    (
+                        gone,
+                        f"port {gone}: removing stale files of pid {DEAD_PID} "
+                        "(the process is gone or is not ours)",
+                    ),
+                    (torn, f"port {torn}: removing an unreadable pid file"),
+                    (lock_only, f"port {lock_only}: removing a stale lock file"),
+                ]
+            )
+        ]
+        assert sorted(p.name for p in runtime.iterdir()) == sorted(
+            [live_files.pid.name, gone_files.log.name, held_files.lock.name]
+        )
+        again = _cli("status", env=env)
+        assert again.stderr == ""
+        assert [line.split()[0] for line in again.stdout.splitlines()] == ["PORT", str(live)]
+    assert held_files.lock.exists() is False  # its holder removed it when it let go
 
 
 def test_stop_cleans_a_stale_record_and_an_unreadable_one(
@@ -301,6 +345,8 @@ def test_ps_and_down_of_a_deployment_that_is_not_up(tmp_path: Path, env: dict[st
     deploy = _deploy(tmp_path)
     ps = _cli("ps", "-f", str(deploy), env=env)
     assert (ps.returncode, ps.stdout) == (0, "not up\n")
+    ps_json = _cli("ps", "-f", str(deploy), "--json", env=env)
+    assert (ps_json.returncode, json.loads(ps_json.stdout)) == (0, [])
     down = _cli("down", "-f", str(deploy), env=env)
     assert (down.returncode, down.stdout) == (0, "deploy.yaml is not up\n")
     gone = tmp_path / "gone.yaml"  # they read what was recorded: the file may be gone
@@ -348,6 +394,25 @@ def test_ps_shows_what_runs_and_what_is_gone(
         "gone",
         "/logs/broker_18501.log",
     ]
+    rows = json.loads(_cli("ps", "-f", str(deploy), "--json", env=env).stdout)
+    assert rows == [
+        {
+            "role": "worker",
+            "server": "core",
+            "port": 18503,
+            "pid": os.getpid(),
+            "state": "running",
+            "log": "/logs/core_18503.log",
+        },
+        {
+            "role": "worker",
+            "server": "broker",
+            "port": 18501,
+            "pid": DEAD_PID,
+            "state": "gone",
+            "log": "/logs/broker_18501.log",
+        },
+    ]  # the table's columns, as stable keys
 
 
 def test_up_of_a_deployment_already_up_is_refused(
@@ -446,3 +511,49 @@ def test_nginx_render_of_an_ipv6_host_passes_nginx_t(tmp_path: Path, env: dict[s
     deploy = _deploy(tmp_path, host="::1")
     result = run_cli("nginx", "render", "-f", str(deploy), "--validate", env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_nginx_render_validate_with_relative_paths(tmp_path: Path) -> None:
+    """--runtime-dir, -f and -o relative to where the command runs: nginx is given absolute
+    paths (it would read relative ones against its own prefix)."""
+    _nginx()
+    _deploy(tmp_path)
+    for env in ({}, {"PROXYFLEET_RUNTIME_DIR": "rt"}):
+        flags = [] if env else ["--runtime-dir", "rt"]
+        result = _cli(
+            "nginx",
+            "render",
+            "-f",
+            "deploy.yaml",
+            "--validate",
+            "-o",
+            "out.conf",
+            *flags,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip() == f"nginx -t: {tmp_path / 'out.conf'} is valid"
+        prefix = Manager(tmp_path / "deploy.yaml", tmp_path / "rt", print).prefix
+        assert f"pid {prefix}/nginx.pid;" in (tmp_path / "out.conf").read_text()
+        printed = _cli(
+            "nginx", "render", "-f", "deploy.yaml", "--validate", *flags, env=env, cwd=tmp_path
+        )
+        assert printed.returncode == 0, printed.stderr
+        check = prefix.parent / "nginx-check.conf"
+        assert printed.stderr.strip() == f"nginx -t: {check} is valid"
+
+
+def test_a_relative_nginx_binary_is_relative_to_the_deployment_file(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    refusing = tmp_path / "bin" / "nginx"  # says which file it was given
+    refusing.parent.mkdir()
+    refusing.write_text('#!/bin/sh\necho "nginx: [emerg] checked $6" >&2\nexit 1\n')
+    refusing.chmod(0o755)
+    deploy = _deploy(tmp_path, binary="bin/nginx")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = _cli("nginx", "render", "-f", str(deploy), "--validate", env=env, cwd=elsewhere)
+    assert result.returncode == 2
+    assert "nginx -t: nginx: [emerg] checked /" in result.stderr  # it ran, with an absolute path

@@ -1,5 +1,10 @@
 """``start``/``stop``/``status``/``restart``/``logs`` and ``up``/``ps``/``down``/``nginx``:
-parse and dispatch to :mod:`proxyfleet.fleet`."""
+parse and dispatch to :mod:`proxyfleet.fleet`.
+
+Paths from the command line and the environment are made absolute here, once, against the
+directory the command runs in: the fleet hands them to other processes (instances, workers,
+nginx) that would read a relative path against another directory.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from proxyfleet._cli_config import add_config_flags, load_from, serve_flags
 
@@ -63,7 +68,12 @@ def add_fleet_commands(commands: Any) -> None:
     )
     _runtime_flag(stop)
     status = commands.add_parser("status", help="the instances: port, pid, state, health, …")
-    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document: a list of {port, pid, state, uptime, health, config, log} "
+        "(stable keys; uptime in seconds, null when not running)",
+    )
     _runtime_flag(status)
     restart = commands.add_parser("restart", help="stop, then start with the same flags")
     restart.add_argument("--port", type=int, required=True)
@@ -118,6 +128,11 @@ def add_deploy_commands(commands: Any) -> None:
     )
     ps = commands.add_parser("ps", help="the processes of a deployment")
     _deploy_flag(ps)
+    ps.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document: a list of {role, server, port, pid, state, log} (stable keys)",
+    )
     down = commands.add_parser("down", help="stop a deployment: nginx, servers, core last")
     _deploy_flag(down)
     down.add_argument(
@@ -135,8 +150,7 @@ def add_deploy_commands(commands: Any) -> None:
     render.add_argument("--validate", action="store_true", help="check it with the real nginx -t")
 
 
-def _fleet(args: argparse.Namespace) -> Fleet:
-    from proxyfleet.fleet.instances import Fleet
+def _runtime_dir(args: argparse.Namespace) -> Path:
     from proxyfleet.fleet.records import default_runtime_dir
 
     directory = args.runtime_dir or (
@@ -144,7 +158,13 @@ def _fleet(args: argparse.Namespace) -> Fleet:
         if os.environ.get("PROXYFLEET_RUNTIME_DIR")
         else default_runtime_dir()
     )
-    return Fleet(directory, lambda line: print(line, flush=True))
+    return directory.resolve()
+
+
+def _fleet(args: argparse.Namespace, to: TextIO | None = None) -> Fleet:
+    from proxyfleet.fleet.instances import Fleet
+
+    return Fleet(_runtime_dir(args), lambda line: print(line, file=to, flush=True))
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -164,7 +184,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    rows = _fleet(args).status()
+    rows = _fleet(args, to=sys.stderr).status()  # what it cleans is said apart from the data
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
@@ -194,7 +214,7 @@ def _logs(args: argparse.Namespace) -> int:
 def _manager(args: argparse.Namespace) -> Manager:
     from proxyfleet.fleet.manager import Manager
 
-    return Manager(args.file, _fleet(args).directory, lambda line: print(line, flush=True))
+    return Manager(args.file.resolve(), _runtime_dir(args), lambda line: print(line, flush=True))
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -216,13 +236,28 @@ def _up(args: argparse.Namespace) -> int:
 
 def _ps(args: argparse.Namespace) -> int:
     processes, _ = _manager(args).load_state()
-    if not processes:
+    rows = [
+        {
+            "role": p.role,
+            "server": p.server,
+            "port": p.port,
+            "pid": p.pid,
+            "state": "running" if p.alive() else "gone",
+            "log": p.log,
+        }
+        for p in processes
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
         print("not up")
         return 0
     print(f"{'ROLE':7} {'SERVER':12} {'PORT':>6} {'PID':>8} {'STATE':8} LOG")
-    for p in processes:
-        state = "running" if p.alive() else "gone"
-        print(f"{p.role:7} {p.server:12} {p.port:>6} {p.pid:>8} {state:8} {p.log}")
+    for r in rows:
+        print(
+            f"{r['role']:7} {r['server']:12} {r['port']:>6} {r['pid']:>8} {r['state']:8} {r['log']}"
+        )
     return 0
 
 
@@ -234,10 +269,10 @@ def _nginx(args: argparse.Namespace) -> int:
     from proxyfleet.fleet.deploy import load_deployment
     from proxyfleet.fleet.nginx import find_nginx, render_nginx, validate_nginx
 
-    deployment = load_deployment(args.file)
     manager = _manager(args)
+    deployment = load_deployment(manager.deploy_path)
     text = render_nginx(deployment, manager.prefix)
-    target = args.output
+    target = args.output.resolve() if args.output is not None else None
     if args.validate:
         check = target or manager.state_dir / "nginx-check.conf"
         check.parent.mkdir(parents=True, exist_ok=True)

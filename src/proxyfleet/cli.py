@@ -30,7 +30,9 @@ examples:
   proxyfleet mock-orchestrator --port 8000           mock orchestrator for elastic pools
   proxyfleet mcp stdio --upstream URL                stdio MCP client -> remote MCP server
   proxyfleet start --port 10001 --config chat.yaml   a detached instance (status, stop, logs)
+  proxyfleet status --json                           the instances as JSON, for scripts
   proxyfleet up -f deploy.yaml                       workers behind a generated nginx
+  proxyfleet ps -f deploy.yaml --json                a deployment's processes as JSON
   proxyfleet debug summary ./debug_logs              read what --debug recorded
 
 Clients point at http://127.0.0.1:2048/v1 (the openai SDK's base_url, curl, Codex CLI).

@@ -54,6 +54,20 @@ def test_valid_deployment(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("binary", "expected"),
+    [
+        ("bin/nginx", "{base}/bin/nginx"),  # a path: relative to the deployment file
+        ("/usr/sbin/nginx", "/usr/sbin/nginx"),
+        ("nginx", "nginx"),  # a command name: looked up on the PATH when it runs
+    ],
+)
+def test_nginx_binary_is_relative_to_the_file(tmp_path: Path, binary: str, expected: str) -> None:
+    deployment = _load(tmp_path, _with(nginx__binary=binary))
+    assert deployment.nginx.binary == expected.format(base=tmp_path)
+    assert _load(tmp_path, BASE).nginx.binary is None  # none given: nginx on the PATH
+
+
+@pytest.mark.parametrize(
     ("changes", "field", "reason"),
     [
         (

@@ -15,8 +15,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from proxyfleet.fleet.lifecycle import hold_instance_lock
 from proxyfleet.fleet.records import InstanceFiles, read_record
-from tests.conftest import Processes, run_cli
+from tests.conftest import Processes, cli_env, run_cli
 
 
 def _free_port() -> int:
@@ -81,6 +82,7 @@ def test_two_instances_side_by_side_stop_alone(
         assert client.responses.create(model="m", input="hi").output_text  # one keeps serving
     files = InstanceFiles(Path(runtime["PROXYFLEET_RUNTIME_DIR"]), two)
     assert not files.pid.exists()
+    assert not files.lock.exists()  # removed by the instance itself on its way out
     assert files.log.exists()
 
 
@@ -116,7 +118,7 @@ def test_foreign_process_on_the_port_is_refused_and_untouched(
         holder.communicate(timeout=5)
 
 
-def test_killed_instance_leaves_stale_files_that_start_cleans(
+def test_killed_instance_leaves_stale_files_that_status_cleans(
     procs: Processes, runtime: dict[str, str]
 ) -> None:
     mock = procs.mock()
@@ -132,11 +134,24 @@ def test_killed_instance_leaves_stale_files_that_start_cleans(
     while record.alive_and_ours() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert files.pid.exists()  # a crash cannot clean up after itself
-    status = json.loads(run_cli("status", "--json", env=runtime).stdout)
-    assert status[0]["state"] == "stale"
-    again = run_cli("start", "--port", str(port), "--upstream", mock.url, env=runtime)
-    assert again.returncode == 0, again.stdout
-    assert f"removing stale files of pid {record.pid}" in again.stdout
+    assert files.lock.exists()
+    status = run_cli("status", "--json", env=runtime)
+    rows = json.loads(status.stdout)  # the notice goes to stderr: stdout stays one document
+    assert [(r["port"], r["pid"], r["state"]) for r in rows] == [(port, record.pid, "stale")]
+    assert status.stderr.strip() == (
+        f"port {port}: removing stale files of pid {record.pid} "
+        "(the process is gone or is not ours)"
+    )
+    assert not files.pid.exists()
+    assert not files.lock.exists()
+    assert files.log.exists()  # the log is kept: it says what happened
+    again = run_cli("status", "--json", env=runtime)
+    assert (json.loads(again.stdout), again.stderr) == ([], "")
+    table = run_cli("status", env=runtime)
+    assert (table.stdout.strip(), table.stderr) == ("no instances recorded", "")
+    restarted = run_cli("start", "--port", str(port), "--upstream", mock.url, env=runtime)
+    assert restarted.returncode == 0, restarted.stdout
+    assert "removing" not in restarted.stdout  # nothing was left to clean
     new = read_record(files)
     assert new is not None
     assert new.pid != record.pid
@@ -231,12 +246,131 @@ def test_start_that_never_gets_ready_is_rolled_back(
 ) -> None:
     mock = procs.mock()
     port = _free_port()
+    files = InstanceFiles(Path(runtime["PROXYFLEET_RUNTIME_DIR"]), port)
+    files.directory.mkdir(parents=True)
+    files.log.write_text("an earlier run's line\n")
     result = run_cli(
         "start", "--port", str(port), "--upstream", mock.url, "--wait", "0.01", env=runtime
     )
     assert result.returncode == 1
     assert f"port {port}: not ready within 0.01s; stopping it. Its log ends:" in result.stdout
     assert "proxyfleet start on port" in result.stdout  # the tail of the instance's log
+    assert "an earlier run's line" not in result.stdout  # only what this start wrote
     time.sleep(0.5)
+    status = run_cli("status", "--json", env=runtime)
+    assert json.loads(status.stdout) == []  # nothing left behind, not even a stale record
+    assert status.stderr == ""
+    assert sorted(p.name for p in files.directory.iterdir()) == [files.log.name]
+
+
+def test_start_on_port_0_picks_a_free_port_and_keys_everything_by_it(
+    procs: Processes, runtime: dict[str, str]
+) -> None:
+    mock = procs.mock()
+    directory = Path(runtime["PROXYFLEET_RUNTIME_DIR"])
+    result = run_cli(
+        "start", "--port", "0", "--upstream", mock.url, "--wait", "10", env=runtime, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, started = result.stdout.strip().splitlines()
+    port = int(first.removeprefix("port 0: picked the free port "))
+    assert started.startswith(f"port {port}: started (pid ")
+    assert not list(directory.glob("proxy_0.*"))
+    files = InstanceFiles(directory, port)
+    record = read_record(files)
+    assert record is not None
+    assert record.port == port
+    with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x") as client:
+        assert client.responses.create(model="m", input="hi").output_text
     status = json.loads(run_cli("status", "--json", env=runtime).stdout)
-    assert all(s["state"] != "running" for s in status)
+    assert [(s["port"], s["pid"], s["state"], s["health"]) for s in status] == [
+        (port, record.pid, "running", "ok")
+    ]
+    restarted = run_cli("restart", "--port", str(port), env=runtime)
+    assert restarted.returncode == 0, restarted.stdout
+    assert f"port {port}: started" in restarted.stdout  # the same port again
+    stopped = run_cli("stop", "--port", str(port), env=runtime)
+    assert f"port {port}: stopped" in stopped.stdout
+    assert sorted(p.name for p in directory.iterdir()) == [files.log.name]
+
+
+def test_racing_starts_on_one_port_make_one_instance_and_one_log(
+    procs: Processes, runtime: dict[str, str]
+) -> None:
+    mock = procs.mock()
+    port = _free_port()
+    command = [sys.executable, "-m", "proxyfleet", "start", "--port", str(port)]
+    racers = [
+        subprocess.Popen(
+            [*command, "--upstream", mock.url],
+            env=cli_env(runtime),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outcomes = [(racer.wait(60), *racer.communicate(timeout=10)) for racer in racers]
+    assert [code for code, _, _ in outcomes] == [0, 0, 0], outcomes
+    said = sorted(out.strip().splitlines()[-1].split(" (pid")[0] for _, out, _ in outcomes)
+    assert said == [f"port {port}: already running"] * 2 + [f"port {port}: started"], outcomes
+    log = InstanceFiles(Path(runtime["PROXYFLEET_RUNTIME_DIR"]), port).log.read_text()
+    assert log.count("--- proxyfleet start on port") == 1  # only the winner wrote to it
+    assert log.count("gateway_started") == 1
+    assert "holds" not in log
+
+
+def test_a_start_refused_by_a_held_lock_never_touches_that_log(
+    procs: Processes, runtime: dict[str, str]
+) -> None:
+    """Whoever holds the port's instance lock owns its log: a start that cannot have the
+    lock writes nothing there and shows nothing of it."""
+    mock = procs.mock()
+    port = _free_port()
+    files = InstanceFiles(Path(runtime["PROXYFLEET_RUNTIME_DIR"]), port)
+    with hold_instance_lock(files):
+        files.log.write_text("the holder's own line\n")
+        result = run_cli("start", "--port", str(port), "--upstream", mock.url, env=runtime)
+        assert result.returncode == 1
+        assert result.stdout.strip() == (
+            f"port {port}: another process holds {files.lock} (an instance that has not "
+            "written its record yet?); not starting"
+        )
+        assert "the holder's own line" not in result.stdout + result.stderr
+        assert files.log.read_text() == "the holder's own line\n"
+        assert files.lock.exists()
+    assert not files.pid.exists()
+
+
+def test_restart_from_another_directory_with_a_relative_runtime_dir(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """A relative --runtime-dir is read once, against the directory the command runs in."""
+    mock = procs.mock()
+    port = _free_port()
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    try:
+        started = run_cli(
+            "start",
+            "--port",
+            str(port),
+            "--upstream",
+            mock.url,
+            "--runtime-dir",
+            "rt",
+            cwd=tmp_path,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        files = InstanceFiles(tmp_path / "rt", port)
+        assert started.stdout.strip().endswith(f"log {files.log}")  # shown absolute
+        restarted = run_cli("restart", "--port", str(port), "--runtime-dir", "../rt", cwd=sub)
+        assert restarted.returncode == 0, restarted.stdout
+        status = json.loads(run_cli("status", "--json", "--runtime-dir", "../rt", cwd=sub).stdout)
+        assert [(s["port"], s["state"], s["log"]) for s in status] == [
+            (port, "running", str(files.log))
+        ]
+        assert not (tmp_path.parent / "rt").exists()  # nothing went beside tmp_path
+    finally:
+        run_cli("stop", "--all", "--runtime-dir", str(tmp_path / "rt"))

@@ -17,6 +17,7 @@ import pytest
 
 from proxyfleet.errors import ListenError
 from proxyfleet.fleet.lifecycle import InstanceSpec, hold_instance_lock, instance_record
+from proxyfleet.fleet.locks import LockBusy
 from proxyfleet.fleet.records import InstanceFiles, new_record, read_record, write_record
 from tests.conftest import cli_env
 
@@ -65,8 +66,20 @@ def test_the_lock_creates_a_private_directory_and_lets_go_on_exit(tmp_path: Path
         assert files.lock.exists()
         assert (files.directory.stat().st_mode & 0o777) == 0o700
         _refused(files)  # even from this very process: a second holder is one too many
+    assert not files.lock.exists()  # its holder removes it on the way out, still holding it
     with hold_instance_lock(files):  # released on exit: taken again at once
         pass
+
+
+def test_an_instance_keyed_by_port_0_is_refused(tmp_path: Path) -> None:
+    """Port 0 is not a key: 'start' picks the free port first and passes it."""
+    files = InstanceFiles(tmp_path, 0)
+    with (
+        pytest.raises(ListenError, match="needs the port it will serve on, not 0"),
+        hold_instance_lock(files),
+    ):
+        raise AssertionError("locked port 0")
+    assert not tmp_path.joinpath("proxy_0.lock").exists()
 
 
 def test_the_lock_is_released_when_the_block_raises(tmp_path: Path) -> None:
@@ -91,7 +104,7 @@ def test_a_second_holder_is_refused_naming_the_lock_file(
     proc, files = holder
     error = _refused(files)
     assert str(error) == f"another proxyfleet instance holds {files.lock}; stop it first"
-    assert isinstance(error.__cause__, BlockingIOError)
+    assert isinstance(error.__cause__, LockBusy)
     assert ListenError.exit_code == 1
     assert proc.poll() is None  # refusing touches nobody
 

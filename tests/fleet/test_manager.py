@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,9 @@ import pytest
 import websockets
 import yaml
 
-from tests.conftest import Processes, cli_env, run_cli
+from proxyfleet.fleet.nginx import find_nginx
+from tests.codex import codex_exec
+from tests.conftest import Proc, Processes, cli_env, run_cli
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None
@@ -164,6 +167,184 @@ def test_up_routes_rest_and_websocket_then_down_leaves_nothing(layout: dict[str,
         for pid in everyone
     )
     assert run_cli("ps", "-f", str(deploy), env=env).stdout.strip() == "not up"
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_deployment() -> dict[str, Any]:
+    """The README's deploy.yaml, as written (its ports and its broker's command are filled in
+    by the test)."""
+    text = README.read_text()
+    block = text.split("```yaml\n# deploy.yaml\n", 1)[1].split("```", 1)[0]
+    data: dict[str, Any] = yaml.safe_load(block)
+    return data
+
+
+@pytest.fixture
+def readme_fleet(tmp_path: Path, procs: Processes) -> Iterator[tuple[int, Proc]]:
+    """The README's deployment up (detached): nginx's port, and the core's upstream mock."""
+    upstream = procs.mock("--name", "upstream")
+    data = _readme_deployment()
+    core, broker = data["servers"]["core"], data["servers"]["broker"]
+    assert "websocket_routes" not in core
+    assert core["routes"] == ["/"]
+    ports = _ports(1 + core["instances"] + broker["instances"])
+    data["nginx"]["port"] = ports[0]
+    core["port"] = ports[1]
+    broker["port"] = ports[1 + core["instances"]]
+    broker["command"] = _mock("broker")  # the README's broker_app is only an example
+    (tmp_path / core["config"]).write_text(yaml.safe_dump({"pool": {"upstreams": [upstream.url]}}))
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {"PROXYFLEET_RUNTIME_DIR": str(tmp_path / "runtime")}
+    try:
+        up = run_cli("up", "-f", str(deploy), "--detach", env=env, timeout=90)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield ports[0], upstream
+    finally:
+        run_cli("down", "-f", str(deploy), env=env, timeout=60)
+
+
+def test_the_responses_websocket_works_on_the_catch_all_of_the_readme_layout(
+    readme_fleet: tuple[int, Proc],
+) -> None:
+    """Codex's WebSocket (GET /v1/responses with Upgrade) on a proxyfleet server that lists no
+    websocket_routes: nginx's catch-all passes the upgrade, the gateway reaches the upstream's
+    WebSocket; a plain GET there is 426 in the OpenAI error shape, never forwarded."""
+    nginx, upstream = readme_fleet
+
+    async def websocket() -> list[str]:
+        url = f"ws://127.0.0.1:{nginx}/v1/responses"
+        async with websockets.connect(url, open_timeout=10) as ws:
+            frame = {"type": "response.create", "model": "m", "input": "hi", "stream": True}
+            await ws.send(json.dumps(frame))
+            types: list[str] = []
+            for _ in range(200):  # bounded: the mock sends a dozen events
+                types.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["type"])
+                if types[-1] == "response.completed":
+                    break
+            return types
+
+    types = asyncio.run(websocket())
+    assert types[0] == "response.created"
+    assert "response.output_text.delta" in types
+    assert types[-1] == "response.completed"
+    upgraded = [
+        r
+        for r in upstream.get_json("/mock/stats")["recent"]
+        if r["path"] == "/v1/responses" and "upgrade" in r["headers"]
+    ]
+    assert len(upgraded) == 1  # the WebSocket went all the way to the upstream
+    with pytest.raises(urllib.error.HTTPError) as plain:
+        urllib.request.urlopen(f"http://127.0.0.1:{nginx}/v1/responses", timeout=5)
+    with plain.value as answer:
+        assert answer.status == 426
+        body = json.load(answer)
+    assert body["error"]["code"] == "websocket_required"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert isinstance(body["error"]["message"], str)
+    after = upstream.get_json("/mock/stats")["recent"]
+    assert sum(1 for r in after if r["path"] == "/v1/responses") == 1  # never forwarded
+
+
+def test_codex_behind_up_over_websocket(readme_fleet: tuple[int, Proc], tmp_path: Path) -> None:
+    """The Codex CLI itself, its provider's base_url at nginx (supports_websockets = true, as
+    the README shows): every turn over the catch-all's WebSocket, no fallback to POST."""
+    nginx, upstream = readme_fleet
+    events = codex_exec(
+        f"http://127.0.0.1:{nginx}/v1", tmp_path / "codex-home", tmp_path / "work", "say hi"
+    )
+    assert any(e.get("type") == "turn.completed" for e in events), events
+    recent = upstream.get_json("/mock/stats")["recent"]
+    calls = [
+        (r["method"], "upgrade" in r["headers"]) for r in recent if r["path"] == "/v1/responses"
+    ]
+    assert calls, recent
+    assert set(calls) == {("GET", True)}, calls  # WebSocket only
+
+
+def test_up_ps_down_with_relative_paths(tmp_path: Path, procs: Processes) -> None:
+    """--runtime-dir and -f relative to where each command runs, nginx.binary and the server's
+    config relative to the deployment file: nginx gets absolute paths, every command finds
+    the same deployment."""
+    upstream = procs.mock("--name", "upstream")
+    nginx_port, core_port = _ports(2)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nginx").symlink_to(find_nginx(None))
+    (tmp_path / "core.yaml").write_text(yaml.safe_dump({"pool": {"upstreams": [upstream.url]}}))
+    data = {
+        "nginx": {"port": nginx_port, "binary": "bin/nginx"},
+        "servers": {
+            "core": {"port": core_port, "config": "core.yaml", "routes": ["/"], "health": "/ready"}
+        },
+        "routing": {"core": "core"},
+    }
+    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    try:
+        up = run_cli("up", "-f", "deploy.yaml", "--runtime-dir", "rt", "--detach", cwd=tmp_path)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"logs in {tmp_path / 'rt'}/deploy-deploy-" in up.stdout
+        assert _get(nginx_port, "/v1/anything")["mock"] == "upstream"
+        flags = ["-f", "../deploy.yaml", "--runtime-dir", "../rt"]
+        ps = run_cli("ps", *flags, "--json", cwd=sub)
+        assert [(p["role"], p["state"]) for p in json.loads(ps.stdout)] == [
+            ("worker", "running"),
+            ("nginx", "running"),
+        ]
+        down = run_cli("down", *flags, cwd=sub, timeout=60)
+        assert (down.returncode, down.stdout.strip()) == (0, "down: stopped 2 processes")
+        assert not _listening(nginx_port)
+    finally:
+        run_cli("down", "-f", str(tmp_path / "deploy.yaml"), "--runtime-dir", str(tmp_path / "rt"))
+
+
+def test_racing_ups_of_one_deployment_leave_one_fleet_that_down_stops(
+    tmp_path: Path, procs: Processes
+) -> None:
+    upstream = procs.mock("--name", "upstream")
+    ports = _ports(3)
+    (tmp_path / "core.yaml").write_text(yaml.safe_dump({"pool": {"upstreams": [upstream.url]}}))
+    data = {
+        "nginx": {"port": ports[0]},
+        "servers": {
+            "core": {"port": ports[1], "config": "core.yaml", "routes": ["/"], "health": "/ready"},
+            "broker": {"port": ports[2], "command": _mock("broker"), "routes": ["/v1/broker"]},
+        },
+        "routing": {"core": "core"},
+    }
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {"PROXYFLEET_RUNTIME_DIR": str(tmp_path / "runtime")}
+    command = [sys.executable, "-m", "proxyfleet", "up", "-f", str(deploy), "--detach"]
+    racers = [
+        subprocess.Popen(
+            command,
+            env=cli_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        outcomes = [(racer.wait(90), racer.communicate(timeout=10)[0]) for racer in racers]
+        assert sorted(code for code, _ in outcomes) == [0, 1], outcomes
+        loser = next(out for code, out in outcomes if code == 1)
+        assert loser.strip() in (
+            "another 'proxyfleet up' of deploy.yaml is under way; not starting",
+            "deploy.yaml is already up (3 processes); 'proxyfleet down' first",
+        )
+        assert _get(ports[0], "/v1/broker/x")["mock"] == "broker"
+        assert run_cli("ps", "-f", str(deploy), env=env).stdout.count("running") == 3
+    finally:
+        down = run_cli("down", "-f", str(deploy), env=env, timeout=60)
+    assert "down: stopped 3 processes" in down.stdout, down.stdout
+    time.sleep(0.2)
+    assert not [p for p in ports if _listening(p)]  # nothing left behind
 
 
 def test_a_blocked_port_fails_up_with_nothing_running(layout: dict[str, Any]) -> None:

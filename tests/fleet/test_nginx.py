@@ -57,10 +57,15 @@ def _nginx() -> str:
     return find_nginx(None)
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_render_matches_golden_and_passes_nginx_t(tmp_path: Path, layout: str) -> None:
+def _layout(tmp_path: Path, layout: str) -> Path:
     path = tmp_path / "deploy.yaml"
     path.write_text(yaml.safe_dump(LAYOUTS[layout], sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_render_matches_golden_and_passes_nginx_t(tmp_path: Path, layout: str) -> None:
+    path = _layout(tmp_path, layout)
     text = render_nginx(load_deployment(path), Path("/PREFIX"))
     golden = GOLDEN / f"{layout}.conf"
     if os.environ.get("PROXYFLEET_UPDATE_GOLDEN") == "1":
@@ -82,3 +87,17 @@ def test_nginx_t_refusal_is_a_config_error(tmp_path: Path) -> None:
 def test_missing_binary_says_how_to_install(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         find_nginx(str(tmp_path / "no-nginx"))
+
+
+def test_a_binary_given_by_name_is_looked_up_on_the_path() -> None:
+    assert find_nginx("sh") == shutil.which("sh")  # a name, not a file in this directory
+    with pytest.raises(ConfigError, match="no such command on PATH"):
+        find_nginx("no-such-nginx-anywhere")
+
+
+def test_nginx_is_only_given_absolute_paths(tmp_path: Path) -> None:
+    deployment = load_deployment(_layout(tmp_path, "path"))
+    with pytest.raises(ValueError, match="absolute"):
+        render_nginx(deployment, Path("relative/prefix"))
+    with pytest.raises(ValueError, match="absolute"):
+        validate_nginx("nginx", Path("nginx.conf"), tmp_path)

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from proxyfleet.fleet.portguard import Facts, PortState, classify, inspect, port_owner
+from proxyfleet.fleet.portguard import (
+    Facts,
+    PortState,
+    classify,
+    free_port,
+    inspect,
+    port_owner,
+)
 from proxyfleet.fleet.records import (
     InstanceFiles,
     new_record,
@@ -45,6 +52,16 @@ def test_free_and_foreign_for_real() -> None:
         assert owner is not None
         assert f"(pid {os.getpid()})" in owner
     assert inspect("127.0.0.1", port, record_alive_and_ours=False) is PortState.FREE
+
+
+def test_free_port_is_one_nobody_listens_on() -> None:
+    port = free_port("127.0.0.1")
+    assert port is not None
+    assert port > 0
+    assert inspect("127.0.0.1", port, record_alive_and_ours=False) is PortState.FREE
+    v6 = free_port("::1")
+    assert v6 is None or v6 > 0  # None only where the machine has no IPv6 loopback
+    assert free_port("192.0.2.1") is None  # not an address of this machine
 
 
 def test_unknown_when_binding_is_not_allowed() -> None:

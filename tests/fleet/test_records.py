@@ -21,6 +21,8 @@ from proxyfleet.fleet.records import (
     InstanceFiles,
     InstanceRecord,
     default_runtime_dir,
+    log_size,
+    log_tail,
     new_record,
     process_start_ticks,
     read_record,
@@ -47,7 +49,22 @@ def test_instance_files_are_keyed_by_port(tmp_path: Path) -> None:
     assert files.pid == tmp_path / "proxy_10001.pid"
     assert files.lock == tmp_path / "proxy_10001.lock"
     assert files.log == tmp_path / "proxy_10001.log"
+    assert files.control == tmp_path / "proxy_10001.ctl"
     assert InstanceFiles(tmp_path, 10002).pid != files.pid  # another port, other files
+
+
+def test_log_tail_shows_only_what_was_written_since_a_point(tmp_path: Path) -> None:
+    log = tmp_path / "proxy_1.log"
+    assert log_size(log) == 0
+    assert log_tail(log) == "(no log)"
+    log.write_text("an earlier run\n")
+    since = log_size(log)
+    with log.open("a") as handle:
+        handle.write("".join(f"line {n}\n" for n in range(30)))
+    assert log_tail(log, 2, since) == "line 28\nline 29"
+    assert "an earlier run" not in log_tail(log, 100, since)
+    assert log_tail(log, 100).startswith("an earlier run")
+    assert log_tail(log, 5, log_size(log)) == ""  # nothing written since
 
 
 def test_new_record_describes_the_calling_process(tmp_path: Path) -> None:

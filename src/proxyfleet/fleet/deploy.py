@@ -10,7 +10,8 @@
     routing: {strategy: path, core: core}
 
 Errors name the field: a port used twice names both users, a route claimed twice names both
-servers, ``routing.core`` must name a server.
+servers, ``routing.core`` must name a server. Relative paths in the file (a server's
+``config``, ``nginx.binary`` when it holds a ``/``) are relative to the file.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class NginxSettings(_Model):
     port: Port = 8000
     worker_processes: int = Field(default=1, ge=1, le=64)
     worker_connections: int = Field(default=1024, ge=16)
-    binary: str | None = None  # default: nginx on PATH
+    binary: str | None = None  # a path, or a command name looked up on PATH; default: nginx
 
 
 class ServerSpec(_Model):
@@ -151,4 +152,8 @@ def load_deployment(path: Path) -> Deployment:
         else spec
         for name, spec in deployment.servers.items()
     }
-    return deployment.model_copy(update={"servers": servers})
+    nginx = deployment.nginx
+    binary = nginx.binary
+    if binary is not None and "/" in binary and not Path(binary).is_absolute():
+        nginx = nginx.model_copy(update={"binary": str(base / binary)})
+    return deployment.model_copy(update={"servers": servers, "nginx": nginx})

@@ -4,7 +4,8 @@
 nginx config → start the workers → wait for each health endpoint → start nginx. Any failure
 rolls back everything it started and says why. ``down`` (and Ctrl+C on a foreground ``up``)
 stops in order nginx → functional servers → core: SIGTERM to each process group, SIGKILL after
-the timeout, and checks that no process is left.
+the timeout, and checks that no process is left. Two ``up`` of one deployment never run at once
+(the second is refused); a failure shows only what this ``up``'s processes wrote to their logs.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from pathlib import Path
 
 from proxyfleet.errors import ConfigError
 from proxyfleet.fleet.deploy import Deployment, ServerSpec, load_deployment
+from proxyfleet.fleet.locks import FileLock, LockBusy
 from proxyfleet.fleet.nginx import find_nginx, prepare_prefix, render_nginx, validate_nginx
 from proxyfleet.fleet.portguard import PortState, inspect, port_owner
-from proxyfleet.fleet.records import process_start_ticks, spawn_logged
+from proxyfleet.fleet.records import log_size, log_tail, process_start_ticks, spawn_logged
 
 __all__ = ["Manager", "Process"]
 
@@ -73,13 +75,19 @@ def _listening(port: int) -> bool:
 
 
 class Manager:
+    """One deployment file's processes, with their state under ``runtime_dir`` (absolute: a
+    relative one would mean another place to nginx, which reads it against its prefix)."""
+
     def __init__(self, deploy_path: Path, runtime_dir: Path, say: Say) -> None:
+        if not runtime_dir.is_absolute():
+            raise ValueError(f"the runtime directory must be absolute, got {runtime_dir}")
         self.deploy_path = deploy_path.resolve()
         digest = hashlib.sha256(str(self.deploy_path).encode()).hexdigest()[:8]
         self.state_dir = runtime_dir / f"deploy-{deploy_path.stem}-{digest}"
         self.say = say
         self.processes: list[Process] = []
         self._popen: dict[int, subprocess.Popen[bytes]] = {}
+        self._log_from: dict[int, int] = {}  # pid -> where its lines begin in its log
 
     # -- state ------------------------------------------------------------------------------------
     @property
@@ -114,6 +122,20 @@ class Manager:
     # -- up ---------------------------------------------------------------------------------------
     def up(self, wait: float = 30.0) -> tuple[int, Deployment | None]:
         deployment = load_deployment(self.deploy_path)
+        lock = FileLock(self.state_dir / "up.lock")
+        try:
+            lock.acquire()
+        except LockBusy:
+            self.say(
+                f"another 'proxyfleet up' of {self.deploy_path.name} is under way; not starting"
+            )
+            return 1, None
+        try:
+            return self._up(deployment, wait)
+        finally:
+            lock.release()
+
+    def _up(self, deployment: Deployment, wait: float) -> tuple[int, Deployment | None]:
         running = [p for p in self.load_state()[0] if p.alive()]
         if running:
             self.say(
@@ -187,6 +209,7 @@ class Manager:
     def _spawn(self, role: str, name: str, port: int, command: list[str]) -> Process:
         log = self.state_dir / f"{name}_{port}.log"
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        since = log_size(log)
         try:
             popen = spawn_logged(command, log, self.deploy_path.parent)
         except OSError as exc:
@@ -194,6 +217,7 @@ class Manager:
         ticks = process_start_ticks(popen.pid) or 0
         process = Process(role, name, port, popen.pid, ticks, str(log))
         self._popen[popen.pid] = popen
+        self._log_from[popen.pid] = since
         self.processes.append(process)
         return process
 
@@ -207,7 +231,7 @@ class Manager:
             if popen.poll() is not None:
                 raise StartFailed(
                     f"{process.server} on port {process.port} exited with code "
-                    f"{popen.returncode}; its log ends:\n{_tail(process.log)}"
+                    f"{popen.returncode}; its log ends:\n{self._tail(process)}"
                 )
             if _healthy(process.port, path):
                 return
@@ -222,11 +246,15 @@ class Manager:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self._popen[process.pid].poll() is not None:
-                raise StartFailed(f"nginx exited; its log ends:\n{_tail(process.log)}")
+                raise StartFailed(f"nginx exited; its log ends:\n{self._tail(process)}")
             if _listening(deployment.nginx.port):
                 return
             time.sleep(0.05)
         raise StartFailed(f"nginx did not listen on port {deployment.nginx.port} in {wait:g}s")
+
+    def _tail(self, process: Process) -> str:
+        """What this process wrote to its log (not an earlier run's lines)."""
+        return log_tail(Path(process.log), 15, self._log_from.get(process.pid, 0))
 
     # -- down ----------------------------------------------------------------------------------
     def stop_processes(
@@ -296,13 +324,6 @@ def _killpg(pid: int, sig: int) -> None:
 def _killpg_or_kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 class Supervisor:

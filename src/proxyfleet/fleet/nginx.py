@@ -60,8 +60,16 @@ def _address(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def _absolute(path: Path) -> Path:
+    """nginx reads a relative path against its prefix, not our working directory."""
+    if not path.is_absolute():
+        raise ValueError(f"nginx must be given absolute paths, got {path}")
+    return path
+
+
 def render_nginx(deployment: Deployment, prefix: Path) -> str:
-    """The nginx.conf text. ``prefix`` is where pid, logs and temp files go."""
+    """The nginx.conf text. ``prefix`` (absolute) is where pid, logs and temp files go."""
+    _absolute(prefix)
     nginx = deployment.nginx
     routing = deployment.routing
     out = [
@@ -122,7 +130,13 @@ def render_nginx(deployment: Deployment, prefix: Path) -> str:
 
 
 def find_nginx(configured: str | None) -> str:
-    """The nginx binary: the configured path, else nginx on PATH (or in /usr/sbin)."""
+    """The nginx binary: the configured path (or command name on PATH), else nginx on PATH
+    (or in /usr/sbin)."""
+    if configured and "/" not in configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise ConfigError("nginx.binary", configured, "no such command on PATH")
+        return found
     if configured:
         if not Path(configured).is_file():
             raise ConfigError("nginx.binary", configured, "no such file")
@@ -145,7 +159,8 @@ def prepare_prefix(prefix: Path) -> None:
 
 def validate_nginx(binary: str, conf: Path, prefix: Path) -> None:
     """Run the real ``nginx -t``; ConfigError with nginx's own words when it refuses."""
-    prepare_prefix(prefix)
+    _absolute(conf)
+    prepare_prefix(_absolute(prefix))
     result = subprocess.run(
         [binary, "-t", "-q", "-p", str(prefix), "-c", str(conf)],
         capture_output=True,

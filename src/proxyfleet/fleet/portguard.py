@@ -16,7 +16,16 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Facts", "PortState", "answers_health", "classify", "inspect", "is_ready", "port_owner"]
+__all__ = [
+    "Facts",
+    "PortState",
+    "answers_health",
+    "classify",
+    "free_port",
+    "inspect",
+    "is_ready",
+    "port_owner",
+]
 
 
 class PortState(enum.Enum):
@@ -52,6 +61,18 @@ def _bindable(host: str, port: int) -> bool | None:
         except OSError as exc:
             return False if exc.errno == errno.EADDRINUSE else None
     return True
+
+
+def free_port(host: str) -> int | None:
+    """A port nobody listens on at ``host`` now, as the kernel picks one for port 0; None when
+    ``host`` cannot be bound at all."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError:
+            return None
+        return int(sock.getsockname()[1])
 
 
 def answers_health(host: str, port: int, timeout: float = 1.0) -> dict[str, object] | None:

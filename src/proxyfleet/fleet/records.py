@@ -1,4 +1,5 @@
-"""Instance records: ``proxy_<port>.pid`` (JSON, written atomically), ``.lock``, ``.log``.
+"""Instance records: ``proxy_<port>.pid`` (JSON, written atomically), ``.lock``, ``.log``, and
+``.ctl``, held by the ``start``/``stop``/``restart`` working on that port while it runs.
 
 A record is trusted only when its process is alive *and* is the one that wrote it: the process
 start time (``/proc/<pid>/stat`` field 22) must match, so a reused PID is never taken for ours.
@@ -18,6 +19,8 @@ __all__ = [
     "InstanceFiles",
     "InstanceRecord",
     "default_runtime_dir",
+    "log_size",
+    "log_tail",
     "process_start_ticks",
     "read_record",
     "spawn_logged",
@@ -38,6 +41,26 @@ def spawn_logged(command: list[str], log: Path, cwd: Path | None = None) -> subp
             start_new_session=True,
             cwd=cwd,
         )
+
+
+def log_size(path: Path) -> int:
+    """Where the next line appended to ``path`` will start (0 when there is no file)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def log_tail(path: Path, lines: int = 20, since: int = 0) -> str:
+    """The last ``lines`` lines of ``path`` written from offset ``since`` on: what one run
+    wrote, never an earlier run's lines."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(since)
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def default_runtime_dir() -> Path:
@@ -64,6 +87,11 @@ class InstanceFiles:
     @property
     def log(self) -> Path:
         return self.directory / f"proxy_{self.port}.log"
+
+    @property
+    def control(self) -> Path:
+        """Held by the start, stop or restart of this port while it works (see fleet.locks)."""
+        return self.directory / f"proxy_{self.port}.ctl"
 
 
 @dataclass(frozen=True, slots=True)
