@@ -13,7 +13,8 @@ overhead (requests per CPU-second of debug-off and debug-on gateways loaded at o
 default settings and with every request recorded, the encoder process's CPU per request, and
 instructions per request counted by valgrind when it is installed), the MCP latencies, and
 ``--scale`` slow SSE streams held at once through one gateway and through nginx (memory per held
-stream, CPU per stream-second; see bench/scale.py).
+stream, CPU per stream-second; see bench/scale.py), and the Redis store's lease rate and the
+gateway's req/s with it and with two workers (bench/store.py).
 With ``--baseline REV`` the gateway of that commit (its ``src/`` checked out into the bench's
 directory, run with the same environment) is measured too, in the same interleaved rounds, so
 a change's cost shows as two ratios against the same nginx.
@@ -28,7 +29,6 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -37,16 +37,16 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from debug_instructions import debug_instructions
 from mcp_latency import mcp_figures
-from procs import children, cpu_seconds, free_port, process, rss_kb, wait_port
+from procs import Result, children, cpu_seconds, free_port, median, process, rss_kb, wait_port, wrk
 from proxyfleet.config.model import DebugConfig
 from scale import Load, scale_figures
+from store import store_figures
 
 SAMPLE_ABOVE = DebugConfig().sample_above
 
@@ -142,67 +142,6 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-@dataclass
-class Result:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    requests: int = 0
-
-
-def _ms(text: str) -> float:
-    found = re.match(r"([\d.]+)(us|ms|s|m)$", text)
-    if found is None:
-        raise SystemExit(f"cannot read wrk latency {text!r}")
-    value, unit = found.groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
-
-
-def wrk(url: str, lua: Path, connections: int, duration: float) -> Result:
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{max(1, round(duration))}s",
-            "--latency",
-            "-s",
-            str(lua),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=duration + 60,
-    ).stdout
-    if "Latency Distribution" not in out:
-        raise SystemExit(f"wrk gave no result for {url}:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = 0
-    for pattern in (
-        r"Non-2xx or 3xx responses: (\d+)",
-        r"Socket errors: connect (\d+), "
-        r"read (\d+), write (\d+), timeout (\d+)",
-    ):
-        found = re.search(pattern, out)
-        if found:
-            errors += sum(int(g) for g in found.groups())
-    return Result(rps, p50, p99, errors, requests)
-
-
-def _median(results: list[Result]) -> Result:
-    ordered = sorted(results, key=lambda r: r.rps)
-    middle = ordered[len(ordered) // 2]
-    return Result(middle.rps, middle.p50_ms, middle.p99_ms, sum(r.errors for r in results))
-
-
 async def hold_streams(port: int, path: str, count: int, stop: asyncio.Event) -> int:
     """Open ``count`` streaming requests and keep them open until ``stop``; returns how many got
     their response headers."""
@@ -293,10 +232,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--only",
-        choices=("all", "throughput", "debug", "mcp", "scale"),
+        choices=("all", "throughput", "debug", "mcp", "scale", "store"),
         default="all",
         help="'throughput': only the req/s table and its ratios; 'debug': only the debug-mode "
-        "overhead pairs; 'mcp': only the MCP latencies; 'scale': only the held streams",
+        "overhead pairs; 'mcp': only the MCP latencies; 'scale': only the held streams; "
+        "'store': only the Redis store's figures",
+    )
+    parser.add_argument(
+        "--store-tasks",
+        type=int,
+        default=32,
+        metavar="N",
+        help="concurrent lease+release loops for the store's lease rate",
     )
     parser.add_argument(
         "--scale",
@@ -372,7 +319,7 @@ def main() -> int:
     d, c = args.duration, args.connections
     base_port = free_port()
     baseline_env = None if args.baseline is None else checkout(args.baseline, work, env)
-    if args.only in ("debug", "mcp", "scale"):
+    if args.only in ("debug", "mcp", "scale", "store"):
         print(only(args, work, nginx, up_port, config, lua, py, env))
         shutil.rmtree(work, ignore_errors=True)
         return 0
@@ -423,7 +370,7 @@ def main() -> int:
             for _ in range(args.rounds):  # interleaved, so drift hits every target alike
                 for name, port in targets.items():
                     samples[name].append(wrk(f"http://127.0.0.1:{port}{path}", lua, c, d))
-            rows[mode] = {name: _median(results) for name, results in samples.items()}
+            rows[mode] = {name: median(results) for name, results in samples.items()}
             for name in targets.keys() - {"direct", "nginx"}:
                 ratios[f"{name}/nginx, {mode}"] = sorted(
                     p.rps / n.rps for p, n in zip(samples[name], samples["nginx"], strict=True)
@@ -444,6 +391,7 @@ def main() -> int:
         overhead += "\n" + debug_instructions(
             work, config, py, env, free_port(), REQUEST, args.valgrind_requests
         )
+        store = shared_store(args, work, config, lua, py, env)
     print_table(rows, ratios, c, d, args)
     base = single["direct"].p50_ms
     print(
@@ -458,6 +406,7 @@ def main() -> int:
     print(overhead)
     print_rss(args.hold, work, hold_port, mock_port, py, env)
     print("\n".join(mcp_figures(work, free_port(), free_port(), args.mcp_sessions, args.mcp_calls)))
+    print(store)
     print(held_streams(args))
     shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -505,6 +454,29 @@ def print_table(
         print(f"ratio {what}: {middle:.3f}  (rounds: {', '.join(f'{v:.3f}' for v in values)})")
 
 
+def shared_store(
+    args: argparse.Namespace,
+    work: Path,
+    config: dict[str, Any],
+    lua: Path,
+    py: str,
+    env: dict[str, str],
+) -> str:
+    """The Redis store's lease rate and the gateway's req/s with it (bench/store.py)."""
+    return store_figures(
+        work,
+        config,
+        lua,
+        REQ_PATH,
+        py,
+        env,
+        connections=args.connections,
+        duration=args.duration,
+        rounds=args.rounds,
+        tasks=args.store_tasks,
+    )
+
+
 def held_streams(args: argparse.Namespace) -> str:
     """``--scale`` slow streams through proxyfleet and nginx on core 0; the mock and the client
     (this process, for the while) on core 1."""
@@ -533,9 +505,15 @@ def only(
     py: str,
     env: dict[str, str],
 ) -> str:
-    """One part of the bench alone: ``--only debug``, ``mcp`` or ``scale``."""
+    """One part of the bench alone: ``--only debug``, ``mcp``, ``scale`` or ``store``."""
     if args.only == "scale":
         return held_streams(args)
+    if args.only == "store":
+        with process(
+            pinned_nginx("1", nginx, work, str(work / "upstream.conf")), work / "upstream.log"
+        ):
+            wait_port(up_port)
+            return shared_store(args, work, config, lua, py, env)
     if args.only == "mcp":
         return "\n".join(
             mcp_figures(work, free_port(), free_port(), args.mcp_sessions, args.mcp_calls)

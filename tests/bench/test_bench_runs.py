@@ -18,7 +18,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
 _PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
 MISSING = [
-    t for t in ("nginx", "wrk", "taskset", "valgrind") if shutil.which(t, path=_PATH) is None
+    t
+    for t in ("nginx", "wrk", "taskset", "valgrind", "redis-server")
+    if shutil.which(t, path=_PATH) is None
 ]
 
 
@@ -47,6 +49,8 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
             "10",
             "--valgrind-requests",
             "20,60",
+            "--store-tasks",
+            "4",
             "--scale",
             "200",
             "--scale-chunks",
@@ -116,3 +120,15 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
         out,
         re.M,
     ), out
+    assert re.search(
+        r"^store: lease\+release per second from one process \(4 concurrent loops, 64 "
+        r"backends\): redis [\d,]+/s, memory [\d,]+/s$",
+        out,
+        re.M,
+    ), out
+    for target in ("memory", "redis", "redis, 2 workers"):
+        assert re.search(
+            rf"^store: gateway {target}: [\d,]+ req/s, p50 [\d.]+ ms, errors 0$", out, re.M
+        ), out
+    assert re.search(r"^store: ratio redis/memory: \d\.\d{3} ", out, re.M), out
+    assert re.search(r"^store: ratio 2 workers/1 \(redis\): \d\.\d{3} ", out, re.M), out

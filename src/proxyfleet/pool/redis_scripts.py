@@ -5,7 +5,9 @@ Keys, under the store's prefix ``P``::
 
     P:index      zset   member id → its index in the pool's fixed order
     P:members    hash   member id → the member as JSON (id, cap, kind, url, static)
-    P:lru        zset   member id → the sequence number of its last grant or release
+    P:avail      zset   the members that may take a lease now (healthy, under their cap) →
+                        the sequence number of their last grant or release: LRU order
+    P:cool       zset   quarantined members → when their quarantine ends
     P:b:<id>     hash   cap, inflight, state, cf (consecutive failures), qu (quarantine end,
                         unix time), served, failures, last_used
     P:l:<id>     hash   fencing token → holder (request id, process, host) as JSON
@@ -40,8 +42,19 @@ local function bkey(id) return p .. ':b:' .. id end
 local function publish(kind, id, q, origin)
   redis.call('PUBLISH', p .. ':changes', kind .. ' ' .. id .. ' ' .. tostring(q) .. ' ' .. origin)
 end
-local function touch(id)
-  redis.call('ZADD', p .. ':lru', redis.call('INCR', p .. ':seq'), id)
+-- a member to where its state puts it: available (now the most recently used), cooling, neither
+local function place(id)
+  local h = redis.call('HMGET', bkey(id), 'cap', 'inflight', 'state', 'qu')
+  if h[3] == 'healthy' and tonumber(h[2]) < tonumber(h[1]) then
+    redis.call('ZADD', p .. ':avail', redis.call('INCR', p .. ':seq'), id)
+  else
+    redis.call('ZREM', p .. ':avail', id)
+  end
+  if h[3] == 'quarantined' then
+    redis.call('ZADD', p .. ':cool', h[4], id)
+  else
+    redis.call('ZREM', p .. ':cool', id)
+  end
 end
 -- the health state machine of pool/health.py: returns the quarantine end, or 0
 local function settle(id, outcome, now, after, cooldown)
@@ -73,8 +86,9 @@ local function reap(now, after, cooldown)
     if id and redis.call('HDEL', p .. ':l:' .. id, token) == 1 then
       redis.call('HINCRBY', bkey(id), 'inflight', -1)
       redis.call('INCR', p .. ':expired')
-      touch(id)
-      publish('released', id, settle(id, 'neutral', now, after, cooldown), '-')
+      local q = settle(id, 'neutral', now, after, cooldown)
+      place(id)
+      publish('released', id, q, '-')
     end
   end
 end
@@ -92,34 +106,39 @@ if redis.call('EXISTS', p .. ':epoch') == 0 then return {-1} end
 reap(now, after, cooldown)
 local excluded = {}
 for _, id in ipairs(cjson.decode(ARGV[7])) do excluded[id] = true end
-local pool = {}
-if only ~= '' then
-  if redis.call('ZSCORE', p .. ':index', only) then pool = {only} end
-else
-  for _, id in ipairs(redis.call('ZRANGE', p .. ':index', 0, -1)) do
-    if not excluded[id] then pool[#pool + 1] = id end
-  end
-end
-local cooled, available, info = {}, {}, {}
-for _, id in ipairs(pool) do
+local function row_of(id)
   local h = redis.call('HMGET', bkey(id), 'cap', 'inflight', 'state', 'qu')
-  local row = {id = id, cap = tonumber(h[1]), inflight = tonumber(h[2]), state = h[3],
-               qu = tonumber(h[4]), index = tonumber(redis.call('ZSCORE', p .. ':index', id))}
-  info[#info + 1] = row
-  if row.inflight < row.cap then
-    if row.state == 'healthy' then
-      row.lru = tonumber(redis.call('ZSCORE', p .. ':lru', id))
-      available[#available + 1] = row
-    elseif row.state == 'quarantined' and now >= row.qu then
-      cooled[#cooled + 1] = row
-    end
+  return {id = id, cap = tonumber(h[1]), inflight = tonumber(h[2]), state = h[3],
+          qu = tonumber(h[4]), index = tonumber(redis.call('ZSCORE', p .. ':index', id))}
+end
+local function wanted(id)
+  if only ~= '' then return id == only end
+  return not excluded[id]
+end
+-- a cooled backend goes first, for its half-open trial (in the pool's order); then the
+-- available ones, least recently used first
+local candidates = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. ':cool', '-inf', now)) do
+  if wanted(id) then
+    local row = row_of(id)
+    if row.inflight < row.cap then candidates[#candidates + 1] = row end
   end
 end
--- a cooled backend goes first, for its half-open trial; then least recently used first
-table.sort(cooled, function(a, b) return a.index < b.index end)
-table.sort(available, function(a, b) return a.lru < b.lru end)
-local candidates = cooled
-for _, row in ipairs(available) do candidates[#candidates + 1] = row end
+table.sort(candidates, function(a, b) return a.index < b.index end)
+if strategy == 'lru' and only == '' and next(excluded) == nil then
+  if #candidates == 0 then
+    local first = redis.call('ZRANGE', p .. ':avail', 0, 0)
+    if first[1] then candidates[1] = row_of(first[1]) end
+  end
+elseif only ~= '' then
+  if #candidates == 0 and redis.call('ZSCORE', p .. ':avail', only) then
+    candidates[1] = row_of(only)
+  end
+else
+  for _, id in ipairs(redis.call('ZRANGE', p .. ':avail', 0, -1)) do
+    if wanted(id) then candidates[#candidates + 1] = row_of(id) end
+  end
+end
 local chosen = nil
 if strategy == 'round-robin' then
   local size = tonumber(redis.call('GET', p .. ':size') or '1')
@@ -152,11 +171,21 @@ if chosen then
   end
   local size = tonumber(redis.call('GET', p .. ':size') or '1')
   redis.call('SET', p .. ':cursor', (chosen.index + 1) % size)
-  touch(id)
+  place(id)
   return {1, id, token}
 end
+-- nothing to grant: busy (wait) or none usable (do not), over the pool asked about
+local pool = {}
+if only ~= '' then
+  if redis.call('ZSCORE', p .. ':index', only) then pool = {only} end
+else
+  for _, id in ipairs(redis.call('ZRANGE', p .. ':index', 0, -1)) do
+    if not excluded[id] then pool[#pool + 1] = id end
+  end
+end
 local usable, ends = false, {}
-for _, row in ipairs(info) do
+for _, id in ipairs(pool) do
+  local row = row_of(id)
   if row.state == 'healthy' or row.state == 'half_open' then
     usable = true
   elseif row.state == 'quarantined' then
@@ -185,8 +214,8 @@ end
 redis.call('ZREM', p .. ':exp', id .. ':' .. token)
 redis.call('HINCRBY', bkey(id), 'inflight', -1)
 redis.call('HSET', bkey(id), 'last_used', ARGV[5])
-touch(id)
 local q = settle(id, outcome, now, tonumber(ARGV[6]), tonumber(ARGV[7]))
+place(id)
 publish('released', id, q, ARGV[8])
 return {1, tostring(q)}
 """
@@ -218,14 +247,15 @@ local function add_member(id, json, cap, lru)
   local index = redis.call('INCR', p .. ':size') - 1
   redis.call('ZADD', p .. ':index', index, id)
   redis.call('HSET', p .. ':members', id, json)
-  redis.call('ZADD', p .. ':lru', lru, id)
+  redis.call('ZADD', p .. ':avail', lru, id)
   redis.call('DEL', bkey(id), p .. ':l:' .. id)
   redis.call('HSET', bkey(id), 'cap', cap, 'inflight', 0, 'state', 'healthy', 'cf', 0,
              'qu', '0', 'served', 0, 'failures', 0, 'last_used', '0')
 end
 local function forget_member(id)
   redis.call('ZREM', p .. ':index', id)
-  redis.call('ZREM', p .. ':lru', id)
+  redis.call('ZREM', p .. ':avail', id)
+  redis.call('ZREM', p .. ':cool', id)
   redis.call('HDEL', p .. ':members', id)
   redis.call('DEL', bkey(id), p .. ':l:' .. id)
 end
@@ -270,7 +300,7 @@ for _, id in ipairs(extra) do
 end
 if #held > 0 then return {'held', cjson.encode(held)} end
 for _, id in ipairs(extra) do forget_member(id) end
-local first = redis.call('ZRANGE', p .. ':lru', 0, 0, 'WITHSCORES')
+local first = redis.call('ZRANGE', p .. ':avail', 0, 0, 'WITHSCORES')
 local base = (first[2] and tonumber(first[2]) or 0) - #missing - 1
 for n, id in ipairs(missing) do add_member(id, wanted[id][1], wanted[id][2], base + n) end
 redis.call('ZADD', p .. ':procs', now, proc)
@@ -290,6 +320,7 @@ for i = 4, #ARGV, 2 do
   if id and redis.call('HEXISTS', p .. ':members', id) == 1
      and redis.call('HSETNX', p .. ':l:' .. id, token, ARGV[i + 1]) == 1 then
     redis.call('HINCRBY', bkey(id), 'inflight', 1)
+    place(id)
     redis.call('ZADD', p .. ':exp', now + ttl, ARGV[i])
     if tonumber(redis.call('GET', p .. ':token') or '0') < tonumber(token) then
       redis.call('SET', p .. ':token', token)
@@ -308,7 +339,7 @@ ADD = (
     + r"""
 local id = ARGV[2]
 if redis.call('HEXISTS', p .. ':members', id) == 1 then return 0 end
-local first = redis.call('ZRANGE', p .. ':lru', 0, 0, 'WITHSCORES')
+local first = redis.call('ZRANGE', p .. ':avail', 0, 0, 'WITHSCORES')
 add_member(id, ARGV[3], ARGV[4], (first[2] and tonumber(first[2]) or 0) - 1)
 publish('joined', id, 0, ARGV[5])
 return 1
@@ -338,10 +369,12 @@ local state = redis.call('HGET', bkey(id), 'state')
 if not state then return 0 end
 if ARGV[3] == '1' then
   redis.call('HSET', bkey(id), 'state', 'draining', 'qu', '0')
+  place(id)
   return 0
 end
 if state ~= 'draining' then return 0 end
 redis.call('HSET', bkey(id), 'state', 'healthy', 'cf', 0, 'qu', '0')
+place(id)
 publish('undrained', id, 0, ARGV[4])
 return 1
 """
