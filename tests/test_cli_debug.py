@@ -1,10 +1,14 @@
 """``proxyfleet debug summary|tail|correlate`` through the real CLI, on debug logs written in
-tmp_path as debug mode writes them (``<session>_<category>.jsonl``): what each prints, exit
-codes, and the errors for a missing directory, a bad ``--within`` and bad arguments."""
+tmp_path as debug mode writes them (``<session>_<category>.jsonl``) and as another system may
+(any ``.jsonl`` name, ``isoformat()`` timestamps): what each prints, what it says it skipped
+and why, exit codes, the errors for a missing path, a bad ``--within`` and bad arguments, and
+a reader that goes away (``| head``)."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import subprocess
 import sys
 import time
@@ -105,10 +109,18 @@ def upstream(tmp_path: Path) -> Path:
     return d
 
 
-def _ok(*args: str) -> list[str]:
+def _notes(gateway: Path) -> str:
+    """What the CLI says it skipped in the gateway fixture: its notes.txt."""
+    return (
+        f"proxyfleet: skipped {gateway / 'notes.txt'}: not a .jsonl file "
+        "(give its path to read it anyway)\n"
+    )
+
+
+def _ok(*args: str, stderr: str = "") -> list[str]:
     result = run_cli("debug", *args)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    assert result.stderr == stderr
     return result.stdout.splitlines()
 
 
@@ -116,7 +128,7 @@ def _ok(*args: str) -> list[str]:
 
 
 def test_summary_counts_slowest_stress_and_errors(gateway: Path) -> None:
-    out = _ok("summary", str(gateway))
+    out = _ok("summary", str(gateway), stderr=_notes(gateway))
     assert out[0] == f"sessions: {SESSION}"
     assert out[1] == "from 2026-11-22 01:45:00 to 01:45:10 UTC (10.0s)"
     counts = {
@@ -141,7 +153,7 @@ def test_summary_counts_slowest_stress_and_errors(gateway: Path) -> None:
 
 
 def test_summary_slowest_limit(gateway: Path) -> None:
-    out = _ok("summary", str(gateway), "--slowest", "1")
+    out = _ok("summary", str(gateway), "--slowest", "1", stderr=_notes(gateway))
     first = out.index("slowest requests (of 3):")
     assert out[first + 1].split()[0] == "950.0"
     assert out[first + 2] == ""  # only one
@@ -149,7 +161,7 @@ def test_summary_slowest_limit(gateway: Path) -> None:
 
 def test_summary_of_several_sessions(gateway: Path) -> None:
     _write(gateway, OTHER, "requests", _line(OTHER, 20, "r9", duration_ms=1.0, status=200))
-    out = _ok("summary", str(gateway))
+    out = _ok("summary", str(gateway), stderr=_notes(gateway))
     assert out[0] == f"sessions: {SESSION}, {OTHER}"
     assert "(20.0s)" in out[1]
 
@@ -170,24 +182,26 @@ def test_summary_without_stress_or_errors(tmp_path: Path) -> None:
 
 
 def test_tail_shows_the_latest_entries_merged_by_time(gateway: Path) -> None:
-    assert _ok("tail", str(gateway), "-n", "3") == [
+    assert _ok("tail", str(gateway), "-n", "3", stderr=_notes(gateway)) == [
         "stress: severity=warning event_type=slow_request description=a request took 6s",
         "errors: error_type=UpstreamClosed",
         "session: event=session_end entries_dropped=2 requests_unrecorded=1",
     ]
-    everything = _ok("tail", str(gateway), "-n", "100")
+    everything = _ok("tail", str(gateway), "-n", "100", stderr=_notes(gateway))
     assert len(everything) == 9  # every entry, the torn one aside
     assert everything[0] == "session: event=session_start"
 
 
 def test_tail_categories(gateway: Path) -> None:
-    out = _ok("tail", str(gateway), "--category", "errors", "--category", "stress")
+    out = _ok(
+        "tail", str(gateway), "--category", "errors", "--category", "stress", stderr=_notes(gateway)
+    )
     assert [line.split(":")[0] for line in out] == ["errors", "errors", "stress", "errors"]
-    assert _ok("tail", str(gateway), "--category", "nothing-like-it") == []
+    assert _ok("tail", str(gateway), "--category", "nothing-like-it", stderr=_notes(gateway)) == []
 
 
 def test_tail_zero_lines(gateway: Path) -> None:
-    assert _ok("tail", str(gateway), "-n", "0") == []
+    assert _ok("tail", str(gateway), "-n", "0", stderr=_notes(gateway)) == []
 
 
 def _follow(directory: Path, *flags: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -240,7 +254,8 @@ def test_tail_follow_does_not_repeat_what_was_there(gateway: Path) -> None:
     proc, out = _follow(gateway, "-n", "1", "-f", "--for", "1")
     assert proc.wait(10) == 0
     assert out.read_text().splitlines() == [
-        "session: event=session_end entries_dropped=2 requests_unrecorded=1"
+        _notes(gateway).rstrip("\n"),  # stderr, into the same file here
+        "session: event=session_end entries_dropped=2 requests_unrecorded=1",
     ]
 
 
@@ -248,12 +263,13 @@ def test_tail_follow_does_not_repeat_what_was_there(gateway: Path) -> None:
 
 
 def test_correlate_by_request_id_then_by_time(gateway: Path, upstream: Path) -> None:
-    out = _ok("correlate", str(gateway), str(upstream), "--within", "500ms")
-    assert out[-1] == "3 pairs: 2 by request id, 1 by time"
+    out = _ok("correlate", str(gateway), str(upstream), "--within", "500ms", stderr=_notes(gateway))
+    assert out[-1] == "2 pairs: 1 by request id, 1 by time"
     assert out[0] == "01:45:02.000000 request_id=r2 (Δ +100.0 ms)"
     assert out[1].startswith("    A requests: method=POST path=/v1/responses status=502")
     assert out[2] == "    B requests: method=POST path=/v1/responses status=502"
-    assert "01:45:02.500000 request_id=r2 (Δ -400.0 ms)" in out  # the error of r2 as well
+    # one to one: r2's error on the gateway side has no second partner for the same id
+    assert not any("01:45:02.500000" in line for line in out)
     by_time = out.index("01:45:05.000000 by time (Δ +300.0 ms)")
     assert out[by_time + 1].startswith("    A stress:")
     assert out[by_time + 2] == "    B requests: event=engine_hiccup"
@@ -263,17 +279,101 @@ def test_correlate_by_request_id_then_by_time(gateway: Path, upstream: Path) -> 
 
 @pytest.mark.parametrize(
     ("within", "by_time"),
-    [("1s", 2), ("0.31s", 1), ("250ms", 0), ("0.05", 0), ("2", 3), (" 1S ", 2), ("1500ms", 3)],
+    [("1s", 1), ("0.31s", 1), ("250ms", 0), ("0.05", 0), ("2", 1), (" 1S ", 1), ("40s", 2)],
 )
 def test_correlate_within_units(gateway: Path, upstream: Path, within: str, by_time: int) -> None:
-    out = _ok("correlate", str(gateway), str(upstream), "--within", within)
-    assert out[-1].endswith(f"2 by request id, {by_time} by time")
+    out = _ok("correlate", str(gateway), str(upstream), "--within", within, stderr=_notes(gateway))
+    assert out[-1].endswith(f"1 by request id, {by_time} by time")
 
 
-def test_correlate_with_nothing_in_common(gateway: Path, tmp_path: Path) -> None:
+def test_correlate_with_nothing_to_read_says_so_and_fails(gateway: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert _ok("correlate", str(gateway), str(empty)) == ["0 pairs: 0 by request id, 0 by time"]
+    result = run_cli("debug", "correlate", str(gateway), str(empty))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == _notes(gateway) + f"proxyfleet: nothing could be read from {empty}\n"
+
+
+def _iso(seconds: float, offset_hours: float = 0.0) -> str:
+    """What Python's ``datetime.isoformat()`` writes: ``+00:00``, not ``Z``."""
+    zone = datetime.timezone(datetime.timedelta(hours=offset_hours))
+    start = datetime.datetime(2026, 11, 22, 1, 45, tzinfo=datetime.UTC)
+    return (start + datetime.timedelta(seconds=seconds)).astimezone(zone).isoformat()
+
+
+def test_correlate_reads_another_systems_log_by_file_or_directory(
+    gateway: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "orchestrator"
+    other.mkdir()
+    log = other / "orchestrator.jsonl"  # no session, no '_' in its name
+    log.write_text(
+        json.dumps({"timestamp": _iso(2.05), "request_id": "r2", "event": "start"})
+        + "\n"
+        + json.dumps({"timestamp": _iso(5.2, 1), "event": "vpn_flap"})  # +01:00
+        + "\n"
+    )
+    for path in (other, log):
+        out = _ok("correlate", str(gateway), str(path), "--within", "1s", stderr=_notes(gateway))
+        assert out[-1] == "2 pairs: 1 by request id, 1 by time"
+        assert "    B orchestrator: event=start" in out
+        assert "    B orchestrator: event=vpn_flap" in out
+
+
+def test_correlate_says_what_it_skipped_and_fails_when_nothing_could_be_read(
+    gateway: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "other.jsonl"
+    log.write_text(
+        json.dumps({"time": 17, "request_id": "r2"})  # a number of some kind, not RFC 3339
+        + "\n"
+        + "plain text\n"
+    )
+    result = run_cli("debug", "correlate", str(gateway), str(log))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        _notes(gateway).rstrip("\n"),
+        f"proxyfleet: skipped {log}: 1 line whose timestamp is not RFC 3339, e.g. 17 (line 1)",
+        f"proxyfleet: skipped {log}: 1 line that is not JSON (line 2)",
+        f"proxyfleet: nothing could be read from {log}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["debug", "summary", "{gateway}"], 141),
+        (["debug", "tail", "{gateway}", "-n", "100"], 141),
+        (["debug", "correlate", "{gateway}", "{upstream}", "--within", "40s"], 141),
+        (["debug", "tail", "{gateway}", "-f", "--for", "30"], 141),  # at once, not in 30 s
+        (["config", "--upstream", "http://127.0.0.1:9/v1"], 141),
+        (["--help"], 0),  # argparse itself lets a failed write of its help go
+    ],
+)
+def test_a_reader_that_goes_away_ends_every_output_command_quietly(
+    gateway: Path, upstream: Path, args: list[str], code: int
+) -> None:
+    read, write = os.pipe()
+    os.close(read)  # `| head` that has read what it wanted and left, before anything came
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "proxyfleet"]
+            + [a.format(gateway=gateway, upstream=upstream) for a in args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=cli_env(),
+            timeout=30,
+            text=True,
+        )
+    finally:
+        os.close(write)
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
+    assert "Exception ignored" not in result.stderr
+    assert result.returncode == code  # 128 + SIGPIPE, as a `cat` killed by it would say
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -282,10 +382,9 @@ def test_correlate_with_nothing_in_common(gateway: Path, tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["summary", "{tmp}/missing"], "{tmp}/missing: not a directory of debug logs"),
-        (["tail", "{tmp}/missing"], "{tmp}/missing: not a directory of debug logs"),
-        (["summary", "{tmp}/file.jsonl"], "{tmp}/file.jsonl: not a directory of debug logs"),
-        (["correlate", "{tmp}", "{tmp}/missing"], "{tmp}/missing: not a directory of debug logs"),
+        (["summary", "{tmp}/missing"], "{tmp}/missing: no such file or directory"),
+        (["tail", "{tmp}/missing"], "{tmp}/missing: no such file or directory"),
+        (["correlate", "{tmp}", "{tmp}/missing"], "{tmp}/missing: no such file or directory"),
         (
             ["correlate", "{tmp}", "{tmp}", "--within", "soon"],
             "flag --within: soon: a duration such as 1s or 250ms",

@@ -114,6 +114,7 @@ EXPECTED = {
     "ProvisioningBlocked": (503, "server_error", "provisioning_blocked"),
     "ProvisioningFailed": (503, "server_error", "provisioning_failed"),
     "StoreUnavailable": (503, "server_error", "store_unavailable"),
+    "ProvisioningUnauthorized": (503, "server_error", "provisioning_unauthorized"),
     "UpstreamError": (502, "server_error", "upstream_error"),
     "UpstreamTimeout": (504, "server_error", "upstream_timeout"),
     "UpstreamClosed": (502, "server_error", "upstream_error"),
@@ -187,6 +188,21 @@ def test_provisioner_error_defaults_and_fields() -> None:
         4.0,
     )
     assert str(refused) == "wrong key"
+
+
+def test_a_refused_key_is_a_provisioner_error_retrying_cannot_fix() -> None:
+    refused = errors.ProvisionerAuthError("the orchestrator refused its key", status=403)
+    assert isinstance(refused, ProvisionerError)
+    assert (refused.code, refused.retryable, refused.eta, refused.status) == (
+        "unauthorized",
+        False,
+        None,
+        403,
+    )
+    # what a client gets meanwhile: no Retry-After, as a retry will not help
+    client = errors.ProvisioningUnauthorized("provisioning is refused")
+    assert isinstance(client, errors.PoolError)
+    assert client.retry_after is None
 
 
 def test_invalid_message_carries_a_json_rpc_code() -> None:

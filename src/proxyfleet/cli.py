@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="F",
         help="slow=S (seconds per provisioning), blocked=ETA, breaker=ETA, degraded, "
-        "fail=N (next N fail; -1 = all), refuse (not retryable); repeatable",
+        "fail=N (next N fail; -1 = all), refuse (not retryable), reject_events (every "
+        "stream start refused with 422); repeatable",
     )
     orch.add_argument(
         "--engine-arg",
@@ -404,9 +407,15 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        try:
+            args = _parser().parse_args(argv)
+            code = _COMMANDS[args.command](args)
+        except SystemExit:  # --help, --version, a usage error: what they printed goes now
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a reader that left (| head) shows here, not at the exit
+        return code
     except ConfigError as exc:
         print(f"proxyfleet: config error: {exc}", file=sys.stderr)
         return ConfigError.exit_code
@@ -415,6 +424,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ListenError.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away: stop quietly, as a process killed by SIGPIPE would, with
+    nothing left for the interpreter to flush into the closed pipe at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

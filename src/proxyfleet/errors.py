@@ -9,6 +9,7 @@
     ├── ListenError                      the listening address cannot be bound (port busy…)
     ├── StoreConflict                    a shared pool store disagrees with this config (exit 2)
     ├── ProvisionerError                 a provisioner call failed (transport, refusal, bad answer)
+    │   └── ProvisionerAuthError         the orchestrator refused our key (401/403): no retry helps
     ├── InvalidMessage                   not JSON-RPC 2.0 (an MCP body or line); knows its code
     ├── UpstreamGone                     an MCP session's upstream exited or is being stopped
     └── GatewayError                     an error a client sees as HTTP + OpenAI error body
@@ -26,7 +27,8 @@
         │   ├── PoolClosed               the pool is shutting down
         │   ├── StoreUnavailable         the shared pool store (Redis) cannot be reached
         │   ├── ProvisioningBlocked      the orchestrator says it cannot provision now
-        │   └── ProvisioningFailed       provisioning failed (or its circuit breaker is open)
+        │   ├── ProvisioningFailed       provisioning failed (or its circuit breaker is open)
+        │   └── ProvisioningUnauthorized 503 the orchestrator refuses the gateway's key
         └── UpstreamError                502 the upstream failed (connect, timeout, 5xx)
             ├── UpstreamTimeout          504 no answer, or silent too long mid-answer
             ├── UpstreamClosed           the upstream closed the connection mid-answer
@@ -57,9 +59,11 @@ __all__ = [
     "PayloadTooLarge",
     "PoolClosed",
     "PoolError",
+    "ProvisionerAuthError",
     "ProvisionerError",
     "ProvisioningBlocked",
     "ProvisioningFailed",
+    "ProvisioningUnauthorized",
     "ProxyfleetError",
     "QueueFull",
     "SessionLimit",
@@ -133,6 +137,15 @@ class ProvisionerError(ProxyfleetError):
         self.code = code
         self.retryable = retryable
         self.eta = eta
+
+
+class ProvisionerAuthError(ProvisionerError):
+    """The orchestrator refused the provisioner's key: 401 (none sent, or not as a bearer) or
+    403 (a wrong one), as ``status``. Never retryable: only a fixed config helps."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message, code="unauthorized", retryable=False)
+        self.status = status
 
 
 class InvalidMessage(ProxyfleetError):
@@ -244,6 +257,13 @@ class StoreUnavailable(PoolError):
 
 class ProvisioningFailed(PoolError):
     code = "provisioning_failed"
+
+
+class ProvisioningUnauthorized(PoolError):
+    """Backends cannot be provisioned: the orchestrator refuses the gateway's key. Sent without
+    ``Retry-After``: retrying will not help until the config is fixed."""
+
+    code = "provisioning_unauthorized"
 
 
 class UpstreamError(GatewayError):

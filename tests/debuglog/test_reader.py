@@ -1,5 +1,7 @@
-"""Reading debug logs written in tmp_path: load (sessions, categories, torn lines), summary,
-correlate (by request id, then by time), follow, and the ``proxyfleet debug`` CLI over them."""
+"""Reading debug logs written in tmp_path: load (sessions, categories, torn lines, a file
+given by name, another system's file names and RFC 3339 forms, what is skipped and why),
+summary, correlate (by request id, then by time, one to one, nearest first), follow, and the
+``proxyfleet debug`` CLI over them."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from proxyfleet.debuglog import reader
 from proxyfleet.debuglog.reader import Entry, correlate, follow, load, summary
 from proxyfleet.errors import ConfigError
 from tests.conftest import cli_env, run_cli
@@ -141,9 +144,76 @@ def test_request_id_is_text_or_none() -> None:
     assert Entry("x", 0.0, {"request_id": 17}).request_id == "17"
 
 
-def test_load_of_what_is_not_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not a directory of debug logs"):
+def test_load_of_what_is_not_there(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file or directory"):
         load(tmp_path / "missing")
+
+
+def test_a_file_is_read_when_named_and_any_jsonl_name_in_a_directory(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "orchestrator.jsonl").write_text(line(1.0, "r-1") + "\n")  # no session, no '_'
+    (other / "prov_a_b.jsonl").write_text(line(2.0, "r-2") + "\n")
+    (other / "notes.txt").write_text(line(3.0, "r-3") + "\n")  # JSON lines, not .jsonl
+    entries = load(other)
+    assert [(e.category, e.request_id) for e in entries] == [
+        ("orchestrator", "r-1"),
+        ("prov_a_b", "r-2"),
+    ]
+    named = load(other / "notes.txt")  # given by name: read, whatever it is called
+    assert [(e.category, e.request_id) for e in named] == [("notes", "r-3")]
+    session = write(tmp_path / "gw", "engine_selection", line(4.0, "r-4"))
+    assert [e.category for e in load(session)] == ["engine_selection"]
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2023-11-14T22:13:20Z", 0.0),
+        ("2023-11-14T22:13:20z", 0.0),
+        ("2023-11-14T22:13:20+00:00", 0.0),  # Python's isoformat()
+        ("2023-11-14T22:13:20.5+00:00", 0.5),
+        ("2023-11-14T22:13:20.123456+00:00", 0.123456),
+        ("2023-11-14T22:13:20.123456789Z", 0.123456789),  # nanoseconds, as we write them
+        ("2023-11-14T23:13:20.25+01:00", 0.25),
+        ("2023-11-14T17:43:20-04:30", 0.0),
+        ("2023-11-14 22:13:20Z", 0.0),  # RFC 3339 allows a space
+        ("2023-11-14t22:13:20Z", 0.0),
+        ("2023-11-14T22:13:60Z", 40.0),  # a leap second: the next one
+    ],
+)
+def test_every_rfc3339_form_is_read(tmp_path: Path, stamp: str, expected: float) -> None:
+    write(tmp_path, "errors", json.dumps({"timestamp": stamp, "request_id": "r"}))
+    (entry,) = load(tmp_path)
+    assert entry.at - T0 == pytest.approx(expected, abs=1e-6)
+
+
+def test_what_is_skipped_is_said_with_why(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    good = write(logs, "errors", line(1.0, "ok"))
+    with good.open("a") as handle:
+        handle.write("not json\n")
+        handle.write("[1, 2]\n")
+        handle.write(json.dumps({"request_id": "no-time"}) + "\n")
+        handle.write(json.dumps({"timestamp": "2023/11/14 22:13"}) + "\n")
+        handle.write(json.dumps({"timestamp": "2023-11-14T22:13:20"}) + "\n")  # no offset
+        handle.write(json.dumps({"timestamp": 1700000000}) + "\n")
+        handle.write('{"session_id": "x", "timesta')  # a torn last line: still being written
+    (logs / "notes.txt").write_text("not a log\n")
+    (logs / "older").mkdir()
+    (logs / ".hidden").write_text("")
+    loaded = reader.read(logs)
+    assert [e.request_id for e in loaded.entries] == ["ok"]
+    name = good.name
+    assert loaded.skipped == [
+        f"{logs / 'notes.txt'}: not a .jsonl file (give its path to read it anyway)",
+        f"{logs / 'older'}: a directory (not read: give its path)",
+        f"{logs / name}: 1 line that is not JSON (line 2)",
+        f"{logs / name}: 1 line that is not a JSON object (line 3)",
+        f"{logs / name}: 1 line without a timestamp (line 4)",
+        f"{logs / name}: 3 lines whose timestamp is not RFC 3339, e.g. '2023/11/14 22:13' "
+        "(lines 5, 6, 7)",
+    ]
 
 
 def test_describe_leaves_out_the_common_fields() -> None:
@@ -215,11 +285,40 @@ def test_correlate_by_request_id_first() -> None:
     )
     pairs = correlate(a, b, within=1.0)
     assert [(p.a.request_id, p.b.data.get("operation"), p.by) for p in pairs] == [
-        ("r-1", "begin", "request_id"),  # far apart in time: the id decides
-        ("r-1", "end", "request_id"),
+        ("r-1", "begin", "request_id"),  # far apart in time: the id decides; one to one
         ("r-2", None, "time"),  # no shared id: the nearest in time
     ]
-    assert pairs[2].b.request_id == "other"
+    assert pairs[1].b.request_id == "other"
+
+
+def test_entries_sharing_a_request_id_pair_one_to_one_nearest_first() -> None:
+    # three provisioning attempts on one side, their three answers and a stream on the other
+    a = entries_of(
+        "provisioning",
+        line(1.0, "r", operation="attempt_1"),
+        line(2.0, "r", operation="attempt_2"),
+        line(3.0, "r", operation="success"),
+        line(3.5, "r", operation="reported_started"),
+    )
+    b = entries_of(
+        "provisioning",
+        line(1.1, "r", operation="failed_1"),
+        line(2.05, "r", operation="failed_2"),
+        line(2.95, "r", operation="started"),
+    )
+    b += entries_of("streams", line(3.52, "r", operation="stream_started"))
+    pairs = correlate(a, b, within=0.0)
+    assert [(p.a.data["operation"], p.b.data["operation"]) for p in pairs] == [
+        ("attempt_1", "failed_1"),
+        ("attempt_2", "failed_2"),
+        ("success", "started"),
+        ("reported_started", "stream_started"),
+    ]
+    # more on one side: the nearest get partners, the rest none (and no time pair either)
+    lone = correlate(a[:1], b, within=10.0)
+    assert [(p.a.data["operation"], p.b.data["operation"], p.by) for p in lone] == [
+        ("attempt_1", "failed_1", "request_id")
+    ]
 
 
 def test_correlate_by_time_takes_the_nearest_within_the_window() -> None:
@@ -229,6 +328,13 @@ def test_correlate_by_time_takes_the_nearest_within_the_window() -> None:
     assert [(p.a.request_id, p.b.request_id) for p in pairs] == [("x", "q")]  # 3.5 is 0.5 off
     wide = correlate(a, b, within=1.0)
     assert [(p.a.request_id, p.b.request_id) for p in wide] == [("x", "q"), ("y", "s")]
+    # one to one: an entry that is the nearest of two pairs with the nearer of them only
+    crowd = entries_of("requests", line(1.0, "m"), line(1.3, "n"), line(1.45, "o"))
+    (one, two) = correlate(crowd, entries_of("streams", line(1.4, "p"), line(0.5, "q")), 1.0)
+    assert [(one.a.request_id, one.b.request_id), (two.a.request_id, two.b.request_id)] == [
+        ("m", "q"),  # 0.5 off, as p went to o (0.05 off)
+        ("o", "p"),
+    ]
 
 
 def test_correlate_leaves_out_sessions_and_what_was_paired_by_id() -> None:
@@ -363,7 +469,7 @@ def test_cli_correlate(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["summary", "{missing}"], "not a directory of debug logs"),
+        (["summary", "{missing}"], "no such file or directory"),
         (["correlate", "{tmp}", "{tmp}", "--within", "soon"], "a duration such as 1s or 250ms"),
     ],
 )

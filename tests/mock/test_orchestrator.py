@@ -1,6 +1,8 @@
 """The mock orchestrator: as a real process (its API, its faults, no engine left behind), and
 in this process on a loopback port (faults and their precedence, capacity, engines that die,
-stream events, its debug log), with its pure parts (fault parsing, status) on their own."""
+stream events, its debug log), with its pure parts (fault parsing, status) on their own. Where
+the real acestream-orchestrator (FastAPI, pydantic models) refuses something, the mock refuses
+it the same way, so a payload that would not pass there does not pass here either."""
 
 from __future__ import annotations
 
@@ -57,8 +59,14 @@ def alive(pid: int) -> bool:
 
 def test_provision_release_and_no_engine_left_after_shutdown(procs: Processes) -> None:
     orch = procs.orchestrator("--api-key", KEY)
-    assert call(orch, "POST", "/provision/acestream", {}, key=None)[0] == 401
-    assert call(orch, "POST", "/provision/acestream", {}, key="nope")[0] == 401
+    assert call(orch, "POST", "/provision/acestream", {}, key=None) == (
+        401,
+        {"detail": "missing bearer token"},
+    )
+    assert call(orch, "POST", "/provision/acestream", {}, key="nope") == (
+        403,
+        {"detail": "invalid token"},
+    )
     status, first = call(orch, "POST", "/provision/acestream", {})
     assert status == 200
     status, second = call(orch, "POST", "/provision/acestream", {})
@@ -71,7 +79,8 @@ def test_provision_release_and_no_engine_left_after_shutdown(procs: Processes) -
     assert len(engines) == 2
     assert all(alive(pid) for pid in pids)
     assert call(orch, "DELETE", f"/containers/{first['container_id']}")[0] == 200
-    assert call(orch, "DELETE", f"/containers/{first['container_id']}")[0] == 404
+    gone = call(orch, "DELETE", f"/containers/{first['container_id']}")  # always 200, as there
+    assert gone == (200, {"deleted": first["container_id"]})
     assert not alive(pids[0])
     assert orch.get_json("/orchestrator/status")["engines"]["total"] == 1
     assert orch.stop() == 0
@@ -81,27 +90,30 @@ def test_provision_release_and_no_engine_left_after_shutdown(procs: Processes) -
 def test_faults_shape_status_and_refusals(procs: Processes) -> None:
     orch = procs.orchestrator("--fault", "blocked=30", "--fault", "slow=0")
     status = orch.get_json("/orchestrator/status")
-    assert status["status"] == "unavailable"
+    assert status["status"] == "unavailable"  # no engine yet: that is what unavailable means
     assert status["provisioning"]["can_provision"] is False
     assert status["provisioning"]["blocked_reason_details"]["recovery_eta_seconds"] == 30
     code, body = call(orch, "POST", "/provision/acestream", {})
     assert code == 503
     assert body["detail"]["code"] == "vpn_disconnected"
-    assert call(orch, "POST", "/mock/faults", {"blocked": None, "degraded": True})[0] == 200
+    assert call(orch, "POST", "/mock/faults", {"blocked": None})[0] == 200
     status = orch.get_json("/orchestrator/status")
-    assert (status["status"], status["provisioning"]["can_provision"]) == ("degraded", True)
+    assert (status["status"], status["provisioning"]["can_provision"]) == ("unavailable", True)
     call(orch, "POST", "/mock/faults", {"fail": 1})
     assert call(orch, "POST", "/provision/acestream", {})[0] == 500
     assert call(orch, "POST", "/provision/acestream", {})[0] == 200  # only the next one failed
+    assert call(orch, "POST", "/mock/faults", {"degraded": True})[0] == 200
+    status = orch.get_json("/orchestrator/status")
+    assert (status["status"], status["provisioning"]["can_provision"]) == ("degraded", True)
     code, body = call(orch, "POST", "/mock/faults", {"blocked": "soon"})
     assert code == 400
     assert "seconds" in body["detail"]
     code, body = call(orch, "POST", "/mock/faults", {"nonsense": 1})
     assert code == 400
     assert "unknown fault" in body["detail"]
-    code, _ = call(orch, "POST", "/events/stream_started", {"labels": {"stream_id": "s1"}})
+    code, _ = call(orch, "POST", "/events/stream_started", started_event("s1"))
     assert code == 200
-    assert call(orch, "POST", "/events/stream_ended", {"no": "id"})[0] == 400
+    assert call(orch, "POST", "/events/stream_ended", {"stream_id": 7})[0] == 422
     assert [e["kind"] for e in orch.get_json("/mock/events")] == ["started"]
 
 
@@ -152,6 +164,7 @@ def test_parse_fault() -> None:
     assert parse_fault(" degraded ") == {"degraded": True}
     assert parse_fault("refuse=yes") == {"refuse": True}
     assert parse_fault("refuse=0") == {"refuse": False}
+    assert parse_fault("reject_events") == {"reject_events": True}
     for text, message in [
         ("slow", "needs a value"),
         ("fail=2.5", "not a number"),
@@ -177,47 +190,89 @@ def test_faults_updated_checks_what_it_takes() -> None:
             faults.updated(changes)
 
 
+class _Engines(dict[str, Any]):
+    """Stands for ``engines`` running engines in a status test (no process is started)."""
+
+    def __init__(self, engines: int) -> None:
+        super().__init__({f"e{n}": None for n in range(engines)})
+
+
 @pytest.mark.parametrize(
-    ("faults", "capacity", "status", "can_provision", "code"),
+    ("faults", "engines", "capacity", "status", "can_provision", "code", "can_retry"),
     [
-        (Faults(), 2, "healthy", True, None),
-        (Faults(degraded=True), 2, "degraded", True, None),
-        (Faults(blocked=30), 2, "unavailable", False, "vpn_disconnected"),
-        (Faults(blocked=30, breaker=60), 2, "degraded", False, "circuit_breaker"),
-        (Faults(refuse=True), 2, "healthy", False, None),  # refused when asked, not blocked
-        (Faults(), 0, "healthy", False, "max_capacity"),  # no room for an engine
+        (Faults(), 1, 2, "healthy", True, None, None),
+        (Faults(), 0, 2, "unavailable", True, None, None),  # unavailable: no engine at all
+        (Faults(degraded=True), 1, 2, "degraded", True, None, None),
+        (Faults(blocked=30), 1, 2, "degraded", False, "vpn_disconnected", True),
+        (Faults(blocked=30, breaker=60), 1, 2, "degraded", False, "vpn_disconnected", True),
+        (Faults(breaker=60), 1, 2, "degraded", False, "circuit_breaker", False),
+        (Faults(breaker=60), 0, 2, "unavailable", False, "circuit_breaker", False),
+        (Faults(refuse=True), 1, 2, "healthy", True, None, None),  # refused when asked only
+        (Faults(), 1, 1, "healthy", False, "max_capacity", False),  # no room for an engine
     ],
 )
 def test_status_from_faults_and_capacity(
-    faults: Faults, capacity: int, status: str, can_provision: bool, code: str | None
+    faults: Faults,
+    engines: int,
+    capacity: int,
+    status: str,
+    can_provision: bool,
+    code: str | None,
+    can_retry: bool | None,
 ) -> None:
-    body = OrchestratorMock(faults, max_engines=capacity).status()
+    mock = OrchestratorMock(faults, max_engines=capacity)
+    mock.engines = _Engines(engines)
+    body = mock.status()
     assert body["status"] == status
     assert body["provisioning"]["can_provision"] is can_provision
     detail = body["provisioning"]["blocked_reason_details"]
     assert (detail and detail["code"]) == code
     if detail is not None:
-        assert body["provisioning"]["blocked_reason"] == detail["message"]
-        assert detail["can_retry"] is True
-    assert body["capacity"] == {"total": capacity, "used": 0, "available": capacity}
-    assert (body["engines"], body["streams"]) == ({"total": 0}, {"active": 0})
+        assert body["provisioning"]["blocked_reason"]
+        assert "error" not in detail  # the status's details have no 'error', the refusal's do
+        assert (detail["can_retry"], detail["should_wait"]) == (can_retry, True)
+    used = min(engines, capacity)
+    assert body["capacity"] == {"total": capacity, "used": used, "available": capacity - used}
+    assert (body["engines"], body["streams"]) == ({"total": engines}, {"active": 0})
 
 
-def test_blocked_details_carry_their_eta() -> None:
-    assert OrchestratorMock(Faults(breaker=60)).blocked_detail() == {
-        "error": "provisioning_blocked",
-        "code": "circuit_breaker",
-        "message": "Circuit breaker is open",
-        "recovery_eta_seconds": 60,
-        "can_retry": True,
-        "should_wait": True,
-    }
+def test_refusals_carry_what_the_real_one_says() -> None:
+    # its own breaker open: wait for the ETA, do not retry (can_retry only when half-open)
+    assert OrchestratorMock(Faults(breaker=60)).refusal() == (
+        503,
+        {
+            "error": "provisioning_blocked",
+            "code": "circuit_breaker",
+            "message": "Circuit breaker is open due to repeated failures",
+            "recovery_eta_seconds": 60,
+            "can_retry": False,
+            "should_wait": True,
+        },
+    )
+    status, vpn = OrchestratorMock(Faults(blocked=20)).refusal() or (0, {})
+    assert (status, vpn["code"], vpn["recovery_eta_seconds"], vpn["can_retry"]) == (
+        503,
+        "vpn_disconnected",
+        20,
+        True,
+    )
+    status, refused = OrchestratorMock(Faults(refuse=True)).refusal() or (0, {})
+    assert (status, refused["code"], refused["can_retry"], refused["should_wait"]) == (
+        500,
+        "general_error",
+        False,
+        False,
+    )
+    assert refused["recovery_eta_seconds"] is None
+    assert OrchestratorMock(Faults()).refusal() is None
 
 
 def test_active_streams_count_started_not_ended() -> None:
     mock = OrchestratorMock(Faults())
-    for kind, stream in [("started", "a"), ("started", "b"), ("ended", "a"), ("ended", "zz")]:
-        mock.events.append({"kind": kind, "stream_id": stream})
+    for stream in ("a", "b"):
+        mock.start_stream(started_event(stream))
+    mock.end_stream({"stream_id": "a"})
+    mock.end_stream({"stream_id": "zz", "container_id": "nowhere"})
     assert mock.active_streams() == 1
 
 
@@ -256,18 +311,49 @@ async def send(
 async def test_refusal_is_not_retryable_and_counted(served: Served) -> None:
     _, url = await served(OrchestratorMock(Faults(refuse=True), api_key=KEY))
     status, body = await send(url, "POST", "/provision", {})  # the short path as well
-    assert status == 400
-    assert body["detail"]["can_retry"] is False
-    assert body["detail"]["error"] == "provisioning_refused"
-    assert (await send(url, "POST", "/provision/acestream", {}, key="wrong"))[0] == 401
+    assert status == 500  # the real one has no 400 refusal: a general failure is a 500
+    assert (body["detail"]["can_retry"], body["detail"]["should_wait"]) == (False, False)
+    assert body["detail"]["code"] == "general_error"
+    assert (await send(url, "POST", "/provision/acestream", {}, key="wrong"))[0] == 403
     assert (await send(url, "DELETE", "/containers/x", key=None))[0] == 401
+    assert (await send(url, "GET", "/orchestrator/status", key=None))[0] == 200  # no key there
     status, stats = await send(url, "GET", "/mock/stats")
-    assert {k: stats[k] for k in ("provision_requests", "failed", "unauthorized")} == {
-        "provision_requests": 1,
-        "failed": 1,
-        "unauthorized": 2,
-    }
+    assert {
+        k: stats[k] for k in ("provision_requests", "failed", "unauthorized", "status_requests")
+    } == {"provision_requests": 1, "failed": 1, "unauthorized": 2, "status_requests": 1}
     assert stats["faults"]["refuse"] is True
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status", "detail"),
+    [
+        (None, 401, "missing bearer token"),
+        ("Basic " + KEY, 401, "missing bearer token"),
+        (f"bearer {KEY}", 401, "missing bearer token"),  # the real one wants 'Bearer '
+        ("Bearer wrong", 403, "invalid token"),
+        (f"Bearer {KEY}x", 403, "invalid token"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/provision/acestream"),
+        ("DELETE", "/containers/mock-engine-1"),
+        ("POST", "/events/stream_started"),
+        ("POST", "/events/stream_ended"),
+    ],
+)
+async def test_auth_is_refused_as_the_real_one_refuses_it(
+    served: Served, authorization: str | None, status: int, detail: str, method: str, path: str
+) -> None:
+    mock, url = await served(OrchestratorMock(Faults(), api_key=KEY))
+    headers = {} if authorization is None else {"Authorization": authorization}
+    assert await send(url, method, path, started_event(), key=None, **headers) == (
+        status,
+        {"detail": detail},
+    )
+    assert mock.counts["unauthorized"] == 1
+    assert (mock.engines, mock.events) == ({}, [])
 
 
 async def test_fail_minus_one_fails_every_provisioning(served: Served) -> None:
@@ -295,9 +381,14 @@ async def test_engines_run_with_the_engine_args_and_fill_capacity(served: Served
     status, answer = await send(base, "POST", "/v1/chat/completions", chat)
     assert answer["choices"][0]["message"]["content"] == "mock"  # --chunks 1 --chunk-size 4
     status, body = await send(url, "POST", "/provision/acestream", {})
-    assert status == 503
-    assert body["detail"]["code"] == "max_capacity"
-    assert body["detail"]["recovery_eta_seconds"] == 30
+    assert status == 500  # there is no capacity refusal there: starting one more fails
+    assert (body["detail"]["code"], body["detail"]["can_retry"]) == ("general_error", False)
+    assert "maximum" in body["detail"]["message"]
+    blocked = (await send(url, "GET", "/orchestrator/status"))[1]["provisioning"]
+    assert (blocked["can_provision"], blocked["blocked_reason_details"]["code"]) == (
+        False,
+        "max_capacity",
+    )
     (listed,) = (await send(url, "GET", "/engines"))[1]
     assert (listed["container_id"], listed["host"], listed["port"]) == (
         "mock-engine-1",
@@ -318,15 +409,19 @@ async def test_engines_run_with_the_engine_args_and_fill_capacity(served: Served
 
 async def test_stream_events_are_recorded_and_counted(served: Served) -> None:
     mock, url = await served(OrchestratorMock(Faults(), api_key=KEY))
-    started = {"container_id": "e1", "labels": {"stream_id": "s-1"}}
     status, body = await send(
-        url, "POST", "/events/stream_started", started, **{"X-Request-ID": "rid-1"}
+        url, "POST", "/events/stream_started", started_event("s-1"), **{"X-Request-ID": "rid-1"}
     )
-    assert (status, body["updated"]) == (200, True)
-    await send(url, "POST", "/events/stream_started", {"labels": {"stream_id": "s-2"}})
+    assert status == 200
+    # a StreamState: its id is labels.stream_id, what stream_ended must name
+    assert (body["id"], body["status"], body["container_id"]) == ("s-1", "started", "e1")
+    assert (body["key_type"], body["key"]) == ("url", "http://127.0.0.1:19001/v1#s-1")
+    await send(url, "POST", "/events/stream_started", started_event("s-2", container="e2"))
     assert (await send(url, "GET", "/orchestrator/status"))[1]["streams"]["active"] == 2
-    ended = {"stream_id": "s-1", "reason": "completed"}
-    assert (await send(url, "POST", "/events/stream_ended", ended))[0] == 200
+    ended = {"container_id": "e1", "stream_id": "s-1", "reason": "completed"}
+    status, body = await send(url, "POST", "/events/stream_ended", ended)
+    assert (status, body["updated"], body["stream"]["id"]) == (200, True, "s-1")
+    assert body["stream"]["status"] == "ended"
     assert (await send(url, "GET", "/orchestrator/status"))[1]["streams"]["active"] == 1
     events = (await send(url, "GET", "/mock/events"))[1]
     assert [(e["kind"], e["stream_id"], e["reason"]) for e in events] == [
@@ -335,10 +430,157 @@ async def test_stream_events_are_recorded_and_counted(served: Served) -> None:
         ("ended", "s-1", "completed"),
     ]
     assert (events[0]["container_id"], events[0]["request_id"]) == ("e1", "rid-1")
-    for body in ([1, 2], {"labels": "s-3"}, {"stream_id": ""}):
-        assert (await send(url, "POST", "/events/stream_started", body))[0] == 400
     assert (await send(url, "POST", "/events/stream_ended", {"stream_id": "s"}, key=None))[0] == 401
     assert len(mock.events) == 3
+
+
+def started_event(
+    stream_id: str = "s-1", container: str | None = "e1", port: int = 19001, **parts: Any
+) -> dict[str, Any]:
+    """A stream_started body both the real orchestrator's versions accept; ``parts``
+    replace its top-level parts (``session={...}``)."""
+    engine = f"http://127.0.0.1:{port}/v1"
+    body: dict[str, Any] = {
+        "container_id": container,
+        "engine": {"host": "127.0.0.1", "port": port},
+        "stream": {"key_type": "url", "key": f"{engine}#{stream_id}"},
+        "session": {
+            "playback_session_id": stream_id,
+            "stat_url": engine,
+            "command_url": engine,
+            "is_live": 0,
+        },
+        "labels": {"stream_id": stream_id},
+    }
+    return {**body, **parts}
+
+
+def _locations(detail: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    for item in detail:
+        assert isinstance(item["msg"], str)
+        assert item["msg"]
+        assert isinstance(item["type"], str)
+        assert item["type"]
+    return [tuple(str(part) for part in item["loc"]) for item in detail]
+
+
+async def test_a_stream_start_the_real_models_refuse_is_a_422_naming_each_field(
+    served: Served,
+) -> None:
+    mock, url = await served(OrchestratorMock(Faults()))
+    # what proxyfleet used to send: a key type neither version knows, no stat or command URL
+    old = started_event(
+        stream={"key_type": "request_id", "key": "rid-1"},
+        session={"playback_session_id": "rid-1", "is_live": 0},
+    )
+    status, body = await send(url, "POST", "/events/stream_started", old)
+    assert status == 422
+    assert _locations(body["detail"]) == [
+        ("body", "stream", "key_type"),
+        ("body", "session", "stat_url"),
+        ("body", "session", "command_url"),
+    ]
+    assert body["detail"][1]["msg"] == "Field required"
+    assert mock.events == []
+
+
+@pytest.mark.parametrize(
+    ("parts", "where"),
+    [
+        # accepted by v2.0 only: v1.6.1 knows content_id, infohash, url and magnet
+        ({"stream": {"key_type": "direct_url", "key": "k"}}, ("body", "stream", "key_type")),
+        ({"engine": {"host": "127.0.0.1", "port": "http"}}, ("body", "engine", "port")),
+        ({"engine": {"host": "127.0.0.1"}}, ("body", "engine", "port")),
+        ({"engine": {"host": None, "port": 80}}, ("body", "engine", "host")),
+        (
+            {
+                "session": {
+                    "playback_session_id": "p",
+                    "stat_url": "not a url",
+                    "command_url": "http://127.0.0.1/x",
+                    "is_live": 0,
+                }
+            },
+            ("body", "session", "stat_url"),
+        ),
+        (
+            {
+                "session": {
+                    "playback_session_id": "p",
+                    "stat_url": "http://127.0.0.1/x",
+                    "command_url": "http://127.0.0.1/x",
+                }
+            },
+            ("body", "session", "is_live"),
+        ),
+        ({"labels": {"stream_id": "s", "n": 1}}, ("body", "labels", "n")),
+        ({"container_id": 5}, ("body", "container_id")),
+    ],
+)
+async def test_each_field_is_checked_like_the_real_models(
+    served: Served, parts: dict[str, Any], where: tuple[str, ...]
+) -> None:
+    _, url = await served(OrchestratorMock(Faults()))
+    status, body = await send(url, "POST", "/events/stream_started", started_event(**parts))
+    assert status == 422
+    assert _locations(body["detail"]) == [where]
+
+
+async def test_a_body_that_is_not_an_object_is_a_422(served: Served) -> None:
+    _, url = await served(OrchestratorMock(Faults()))
+    status, body = await send(url, "POST", "/events/stream_started", [1, 2])
+    assert (status, _locations(body["detail"])) == (422, [("body",)])
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/events/stream_ended", data=b"{not json") as response,
+    ):
+        assert response.status == 422
+        (item,) = (await response.json())["detail"]
+        assert item["type"] == "json_invalid"
+
+
+async def test_a_stream_without_a_stream_id_label_gets_the_real_ones_id(served: Served) -> None:
+    _, url = await served(OrchestratorMock(Faults()))
+    status, body = await send(url, "POST", "/events/stream_started", started_event(labels={}))
+    assert (status, body["id"]) == (200, "http://127.0.0.1:19001/v1#s-1|s-1")  # key|session
+
+
+async def test_stream_ended_behaves_as_the_real_one_even_where_that_hurts(
+    served: Served,
+) -> None:
+    mock, url = await served(OrchestratorMock(Faults()))
+    for stream, container in (("a", "e1"), ("b", "e1"), ("c", "e2")):
+        assert (
+            await send(url, "POST", "/events/stream_started", started_event(stream, container))
+        )[0] == 200
+    # an id it does not know ends the latest open stream of the container: "b", not "zz"
+    status, body = await send(
+        url, "POST", "/events/stream_ended", {"container_id": "e1", "stream_id": "zz"}
+    )
+    assert (status, body["updated"], body["stream"]["id"]) == (200, True, "b")
+    # no container and no id: the latest open stream anywhere
+    status, body = await send(url, "POST", "/events/stream_ended", {})
+    assert (status, body["stream"]["id"]) == (200, "c")
+    status, body = await send(url, "POST", "/events/stream_ended", {"container_id": "e9"})
+    assert (status, body) == (200, {"updated": False, "stream": None})
+    # streams sharing a key end together
+    same = {"key_type": "url", "key": "http://127.0.0.1:19001/v1"}
+    for stream in ("k1", "k2"):
+        await send(url, "POST", "/events/stream_started", started_event(stream, stream=same))
+    await send(url, "POST", "/events/stream_ended", {"stream_id": "k1", "reason": "completed"})
+    ended = [(e["stream_id"], e["reason"]) for e in mock.events if e["kind"] == "ended"]
+    assert ended == [("b", None), ("c", None), ("k1", "completed"), ("k2", "completed")]
+    assert mock.active_streams() == 1  # "a"
+
+
+async def test_reject_events_refuses_every_stream_start_with_a_422(served: Served) -> None:
+    mock, url = await served(OrchestratorMock(Faults(reject_events=True)))
+    status, body = await send(url, "POST", "/events/stream_started", started_event())
+    assert status == 422
+    (item,) = body["detail"]
+    assert item["loc"] == ["body", "stream", "key_type"]
+    assert "reject_events" in item["msg"]
+    assert mock.events == []
 
 
 async def test_faults_change_live_and_bad_changes_are_refused(served: Served) -> None:
@@ -351,6 +593,7 @@ async def test_faults_change_live_and_bad_changes_are_refused(served: Served) ->
     assert (await send(url, "GET", "/mock/faults"))[1] == faults  # unchanged by the refusal
     status, body = await send(url, "POST", "/provision/acestream", {})
     assert (status, body["detail"]["recovery_eta_seconds"]) == (503, 45)
+    assert (body["detail"]["can_retry"], body["detail"]["should_wait"]) == (False, True)
 
 
 async def test_its_debug_log_pairs_with_the_gateways_request_ids(
@@ -363,7 +606,7 @@ async def test_its_debug_log_pairs_with_the_gateways_request_ids(
         rid = {"X-Request-ID": "gw-7"}
         assert (await send(url, "POST", "/provision/acestream", {}, **rid))[0] == 500
         assert (await send(url, "GET", "/orchestrator/status"))[0] == 200
-        started = {"labels": {"stream_id": "s-9"}}
+        started = started_event("s-9")
         assert (await send(url, "POST", "/events/stream_started", started))[0] == 200
     finally:
         debug.stop()
@@ -375,7 +618,7 @@ async def test_its_debug_log_pairs_with_the_gateways_request_ids(
     assert (provisioning[1]["success"], provisioning[1]["error"]) == (False, "start_failed")
     (health,) = [json.loads(x) for x in debug.path("orchestrator_health").read_text().splitlines()]
     assert (health["status"], health["can_provision"], health["engine_count"]) == (
-        "healthy",
+        "unavailable",  # no engine yet
         True,
         0,
     )

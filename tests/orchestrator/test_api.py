@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxyfleet.errors import ProvisionerError
+from proxyfleet.errors import ProvisionerAuthError, ProvisionerError
 from proxyfleet.orchestrator.api import (
     parse_command_output,
     parse_engines,
@@ -63,7 +63,8 @@ def test_structured_refusal_keeps_code_eta_and_waitability() -> None:
         (503, "Circuit breaker is open", "circuit_breaker", True),
         (503, "At max capacity", "max_capacity", True),
         (500, "Some other error", "general_error", True),
-        (401, "invalid API key", "general_error", False),
+        (401, "invalid API key", "unauthorized", False),
+        (403, "invalid token", "unauthorized", False),
     ],
 )
 def test_legacy_refusals(status: int, detail: str, code: str, retryable: bool) -> None:
@@ -127,3 +128,80 @@ def test_command_output_must_name_an_allowed_host() -> None:
         parse_command_output(b"", ("127.0.0.1",))
     with pytest.raises(ProvisionerError, match="must print"):
         parse_command_output(b'{"id": "x"}', ("127.0.0.1",))
+
+
+def test_a_422_keeps_the_orchestrators_reason_for_each_field() -> None:
+    detail = [
+        {
+            "type": "literal_error",
+            "loc": ["body", "stream", "key_type"],
+            "msg": "Input should be 'content_id', 'infohash', 'url' or 'magnet'",
+            "input": "request_id",
+        },
+        {"type": "missing", "loc": ["body", "session", "stat_url"], "msg": "Field required"},
+        {"type": "json_invalid", "loc": ["body", 0], "msg": "JSON decode error"},
+        "junk",
+    ]
+    error = parse_refusal(422, {"detail": detail})
+    assert error.message == (
+        "orchestrator refused (422): stream.key_type: Input should be 'content_id', "
+        "'infohash', 'url' or 'magnet' (got 'request_id'); session.stat_url: Field required; "
+        "body: JSON decode error"
+    )
+    assert (error.code, error.retryable) == ("invalid_request", False)  # the same again fails
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "retryable", "eta"),
+    [
+        # its own breaker open: wait for the ETA, do not retry (what it sends while open)
+        (
+            503,
+            {
+                "error": "provisioning_blocked",
+                "code": "circuit_breaker",
+                "message": "Circuit breaker is open due to repeated failures",
+                "recovery_eta_seconds": 300,
+                "can_retry": False,
+                "should_wait": True,
+            },
+            False,
+            300.0,
+        ),
+        # half-open: one may try
+        (503, {"code": "circuit_breaker", "recovery_eta_seconds": 0, "can_retry": True}, True, 0.0),
+        # a general failure: neither retry nor wait
+        (
+            500,
+            {
+                "error": "provisioning_failed",
+                "code": "general_error",
+                "message": "Failed to provision engine: boom",
+                "recovery_eta_seconds": None,
+                "can_retry": False,
+                "should_wait": False,
+            },
+            False,
+            None,
+        ),
+        (503, {"code": "vpn_error", "recovery_eta_seconds": 60, "can_retry": True}, True, 60.0),
+        (503, {"code": "something"}, True, None),  # it did not say: a 5xx may pass
+        (409, {"code": "something"}, False, None),  # a 4xx will not
+    ],
+)
+def test_can_retry_decides_and_should_wait_keeps_the_eta(
+    status: int, detail: dict[str, object], retryable: bool, eta: float | None
+) -> None:
+    error = parse_refusal(status, {"detail": detail})
+    assert (error.retryable, error.eta) == (retryable, eta)
+
+
+@pytest.mark.parametrize(
+    ("status", "detail"), [(401, "missing bearer token"), (403, "invalid token")]
+)
+def test_a_refused_key_is_its_own_error(status: int, detail: str) -> None:
+    error = parse_refusal(status, {"detail": detail})
+    assert isinstance(error, ProvisionerAuthError)
+    assert (error.status, error.code, error.retryable) == (status, "unauthorized", False)
+    assert "pool.provisioner.api_key" in error.message
+    assert f"{status} {detail}" in error.message

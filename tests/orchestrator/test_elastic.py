@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from tests.conftest import Proc, Processes, run_cli
@@ -108,7 +110,7 @@ async def test_blocked_orchestrator_answers_503_with_its_eta(
         assert status == 503
         assert headers["Retry-After"] == "42"
         assert body["error"]["code"] == "provisioning_blocked"
-        assert "VPN is disconnected" in body["error"]["message"]
+        assert "VPN not connected" in body["error"]["message"]  # the status's blocked_reason
         assert orch.get_json("/mock/stats")["provision_requests"] == 0  # failed fast
         # the orchestrator recovers: the next status poll lets provisioning through
         post_json(orch, "/mock/faults", {"blocked": None})
@@ -130,6 +132,57 @@ async def test_a_refusal_with_an_eta_fails_the_waiters_with_that_eta(
     assert headers["Retry-After"] == "17"
     assert body["error"]["code"] == "provisioning_blocked"
     assert "Circuit breaker is open" in body["error"]["message"]
+    assert orch.get_json("/mock/stats")["provision_requests"] == 1
+
+
+async def test_a_refusal_that_says_wait_ends_the_burst_and_holds_until_its_eta(
+    procs: Processes, tmp_path: Path
+) -> None:
+    orch = procs.orchestrator("--api-key", KEY, "--engine-arg=--latency=1.5")
+    provisioner = orchestrated(
+        orch,
+        min_backends=1,
+        max_backends=3,
+        status_interval=60,  # the refusal, not the status, says so
+        attempts=5,
+        backoff=0.01,
+        backoff_cap=0.05,
+    )
+    gateway = procs.gateway("--config", str(write_config(tmp_path, provisioner)))
+    await until(lambda: len(gateway.get_json("/admin/pool")["backends"]) == 1)
+    # its own breaker opens: "wait 300 s, do not retry" (can_retry false, should_wait true)
+    post_json(orch, "/mock/faults", {"breaker": 300})
+    async with aiohttp.ClientSession() as session:
+        # the second request needs a backend: one call, refused; it waits for the first one's
+        results = await asyncio.gather(chat(session, gateway, "w-1"), chat(session, gateway, "w-2"))
+        assert [status for status, _, _ in results] == [200, 200]
+        assert orch.get_json("/mock/stats")["provision_requests"] == 2  # at start, and that one
+        # until the ETA, a request that would need a new backend fails fast, with no call
+        busy = asyncio.ensure_future(chat(session, gateway, "w-3"))
+        await until(lambda: gateway.get_json("/admin/pool")["backends"][0]["inflight"] == 1)
+        status, headers, body = await chat(session, gateway, "w-4")
+        assert (status, body["error"]["code"]) == (503, "provisioning_blocked")
+        assert 290 <= int(headers["Retry-After"]) <= 300
+        assert (await busy)[0] == 200
+    assert orch.get_json("/mock/stats")["provision_requests"] == 2
+    elastic = gateway.get_json("/admin/pool")["elastic"]
+    assert "Circuit breaker is open" in elastic["blocked"]
+    assert elastic["breaker"]["state"] == "closed"  # one refusal is not a flapping provisioner
+
+
+async def test_while_the_status_says_it_cannot_provision_no_call_goes_out(
+    procs: Processes, tmp_path: Path
+) -> None:
+    orch = procs.orchestrator("--api-key", KEY, "--fault", "blocked=42")
+    provisioner = orchestrated(
+        orch, min_backends=1, status_interval=0.05, backoff=0.01, backoff_cap=0.05
+    )
+    gateway = procs.gateway("--config", str(write_config(tmp_path, provisioner)))
+    polls = orch.get_json("/mock/stats")["status_requests"]
+    await until(lambda: orch.get_json("/mock/stats")["status_requests"] >= polls + 20)
+    assert orch.get_json("/mock/stats")["provision_requests"] == 0  # min_backends waits too
+    post_json(orch, "/mock/faults", {"blocked": None})  # its VPN is back: the next poll says so
+    await until(lambda: len(gateway.get_json("/admin/pool")["backends"]) == 1)
     assert orch.get_json("/mock/stats")["provision_requests"] == 1
 
 
@@ -194,18 +247,51 @@ async def test_a_refusal_that_must_not_be_retried_fails_at_once(
     assert time.monotonic() - started < 5
 
 
-async def test_wrong_api_key_is_not_retried_and_never_logged(
-    procs: Processes, tmp_path: Path
+@pytest.mark.parametrize(("api_key", "status"), [("wrong-key-XYZ", 403), (None, 401)])
+async def test_a_refused_key_is_reported_stops_the_calls_and_makes_ready_say_why(
+    procs: Processes, tmp_path: Path, api_key: str | None, status: int
 ) -> None:
     orch = procs.orchestrator("--api-key", KEY)
-    provisioner = orchestrated(orch, api_key="wrong-key-XYZ", backoff=0.05)
+    provisioner = orchestrated(
+        orch, api_key=api_key, min_backends=1, status_interval=0.05, backoff=0.01
+    )
     gateway = procs.gateway("--config", str(write_config(tmp_path, provisioner)))
-    async with aiohttp.ClientSession() as session:
-        status, _, body = await chat(session, gateway, "badkey-1")
-    assert status == 503
-    assert "401" in body["error"]["message"]
+    # reported at start: the first call (min_backends) was refused
+    await until(lambda: '"orchestrator_auth_failed"' in gateway.output())
+    (report,) = [
+        json.loads(line)
+        for line in gateway.output().splitlines()
+        if '"orchestrator_auth_failed"' in line
+    ]
+    assert (report["level"], report["status"]) == ("error", status)
+    assert "pool.provisioner.api_key" in report["error"]
+    # no call per status poll: it waits breaker_cooldown (30 s) before trying again
+    polls = orch.get_json("/mock/stats")["status_requests"]
+    await until(lambda: orch.get_json("/mock/stats")["status_requests"] >= polls + 20)
     assert orch.get_json("/mock/stats")["unauthorized"] == 1
-    assert "wrong-key-XYZ" not in gateway.output()
+    # /ready says why
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        gateway.get_json("/ready")
+    assert refused.value.code == 503
+    ready = json.load(refused.value)
+    assert ready["status"] == "unavailable"
+    assert "pool.provisioner.api_key" in ready["reason"]
+    assert str(status) in ready["reason"]
+    # a client gets an OpenAI-shaped error that does not invite a retry in a second
+    async with aiohttp.ClientSession() as session:
+        code, headers, body = await chat(session, gateway, "badkey-1")
+    assert code == 503
+    assert "Retry-After" not in headers
+    assert (body["error"]["type"], body["error"]["code"]) == (
+        "server_error",
+        "provisioning_unauthorized",
+    )
+    assert "pool.provisioner.api_key" in body["error"]["message"]
+    assert orch.get_json("/mock/stats")["unauthorized"] == 1  # and it made no call
+    output = gateway.output()
+    assert "general_error" not in output
+    assert "wrong-key-XYZ" not in output
+    assert gateway.get_json("/admin/pool")["elastic"]["unauthorized"]
 
 
 async def test_stream_events_arrive_exactly_once_and_correlate(
@@ -276,9 +362,10 @@ async def test_stream_events_arrive_exactly_once_and_correlate(
         assert lines
         for line in lines:
             assert list(json.loads(line))[:3] == ["session_id", "timestamp", "elapsed_seconds"]
-    health = json.loads(next(gw_dir.glob("*_orchestrator_health.jsonl")).read_text().split("\n")[0])
-    assert health["status"] == "healthy"
-    assert health["can_provision"] is True
+    polls = next(gw_dir.glob("*_orchestrator_health.jsonl")).read_text().splitlines()
+    first, last = json.loads(polls[0]), json.loads(polls[-1])
+    assert (first["status"], first["can_provision"]) == ("unavailable", True)  # no engine yet
+    assert (last["status"], last["can_provision"]) == ("healthy", True)
     everything = "".join(p.read_text() for d in (gw_dir, orch_dir) for p in d.glob("*"))
     assert KEY not in everything
     # the gateway's and the orchestrator's entries for the same request are paired

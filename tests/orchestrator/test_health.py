@@ -66,3 +66,23 @@ async def test_an_unreachable_orchestrator_reports_unavailable() -> None:
         assert blocked.retry_after == pytest.approx(7.0)  # no ETA: the next status poll
     finally:
         await provisioner.close()
+
+
+async def test_a_refusals_eta_holds_whatever_the_status_says(procs: Processes) -> None:
+    orch = procs.orchestrator()  # its status says it can provision
+    provisioner = HttpProvisioner(ProvisionerConfig(url=orch.url))
+    await provisioner.open()
+    health = OrchestratorHealth(provisioner, status_interval=5.0, debug=None)
+    try:
+        now = time.monotonic()
+        health.block("Circuit breaker is open", 300.0, now)
+        await health.poll()
+        assert health.status is not None
+        assert health.status.can_provision
+        blocked = health.blocked(now + 10.0)
+        assert blocked is not None  # the refusal said 300 s: not before
+        assert blocked.retry_after == 290.0
+        assert "Circuit breaker is open" in blocked.message
+        assert health.blocked(now + 300.0) is None
+    finally:
+        await provisioner.close()

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxyfleet.orchestrator import policy
 from proxyfleet.orchestrator.policy import Breaker, BreakerState, retry_delay
 
 
 def test_retry_follows_the_eta_when_given() -> None:
     assert retry_delay(12.0, 1, 1.0, 30.0) == 12.0
-    assert retry_delay(120.0, 1, 1.0, 30.0) == 30.0  # capped
+    # the orchestrator's ETA, not backoff_cap, says when: its breaker answers 300 s
+    assert retry_delay(300.0, 1, 1.0, 1.0) == 300.0
+    assert retry_delay(1e9, 1, 1.0, 30.0) == policy.MAX_ETA  # but not for ever
+    assert retry_delay(-5.0, 3, 1.0, 30.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("retryable", "eta", "attempt", "expected"),
+    [
+        (False, 300.0, 1, None),  # can_retry: false ends the burst, ETA or not
+        (False, None, 1, None),
+        (True, 12.0, 1, 12.0),  # can_retry with an ETA: try again then
+        (True, None, 2, 1.0),  # no ETA: the backoff
+        (True, 5.0, 5, None),  # the last attempt of the burst
+    ],
+)
+def test_after_a_failure_the_burst_goes_on_only_when_it_may(
+    retryable: bool, eta: float | None, attempt: int, expected: float | None
+) -> None:
+    assert policy.next_attempt(retryable, eta, attempt, 5, 0.5, 4.0) == expected
 
 
 def test_retry_backs_off_exponentially_without_an_eta() -> None:
@@ -47,3 +68,18 @@ def test_a_success_resets_the_count() -> None:
     breaker.success()
     assert not breaker.failure(0.1)
     assert breaker.state(0.2) is BreakerState.CLOSED
+
+
+def test_a_refused_key_holds_calls_back_for_a_cooldown_after_each_refusal() -> None:
+    gate = policy.KeyGate(cooldown=30.0)
+    assert not gate.holds(0.0)
+    assert gate.reason is None
+    assert gate.refused("403 invalid token", 10.0)  # the first refusal: said at ERROR
+    assert gate.holds(39.9)
+    assert not gate.holds(40.0)  # then one call may try again
+    assert not gate.refused("403 invalid token", 40.0)  # not the first: said already
+    assert gate.holds(69.0)
+    assert gate.reason == "403 invalid token"  # until a call succeeds, whatever the time
+    gate.accepted()
+    assert (gate.holds(70.0), gate.reason) == (False, None)
+    assert gate.refused("401 missing bearer token", 80.0)  # refused again later: said again

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from proxyfleet.config.model import ProvisionerConfig
-from proxyfleet.errors import ProvisionerError
+from proxyfleet.errors import ProvisionerAuthError, ProvisionerError
 from proxyfleet.orchestrator import CommandProvisioner, HttpProvisioner, build_provisioner
 from tests.conftest import Processes
 
@@ -32,15 +32,24 @@ async def test_the_http_provisioner_provisions_lists_and_releases(procs: Process
         await provisioner.close()
 
 
-async def test_a_wrong_key_is_a_refusal_that_retrying_cannot_fix(procs: Processes) -> None:
+@pytest.mark.parametrize(("key", "status"), [("wrong", 403), (None, 401)])
+async def test_a_refused_key_is_an_auth_error_on_every_call(
+    procs: Processes, key: str | None, status: int
+) -> None:
     orch = procs.orchestrator("--api-key", "orch-key")
-    provisioner = HttpProvisioner(ProvisionerConfig(url=orch.url, api_key="wrong"))
+    provisioner = HttpProvisioner(ProvisionerConfig(url=orch.url, api_key=key))
     await provisioner.open()
     try:
-        with pytest.raises(ProvisionerError) as info:
-            await provisioner.provision("rid-2")
-        assert not info.value.retryable
-        assert "wrong" not in info.value.message
+        for call in (
+            provisioner.provision("rid-2"),
+            provisioner.release("mock-engine-1"),
+            provisioner.stream_event("ended", {"stream_id": "s"}, "rid-2"),
+        ):
+            with pytest.raises(ProvisionerAuthError) as info:
+                await call
+            assert (info.value.status, info.value.retryable) == (status, False)
+            assert "wrong" not in info.value.message
+        assert (await provisioner.status()).can_provision  # the status needs no key there
     finally:
         await provisioner.close()
 

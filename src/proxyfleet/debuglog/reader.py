@@ -1,21 +1,36 @@
 """Reading debug logs: load, summarise, correlate two systems, tail. Pure over the entries,
-except :func:`load` and :func:`follow`, which read files."""
+except :func:`read` (:func:`load`) and :func:`follow`, which read files.
+
+Any JSONL is read: a file given by its path whatever its name, or the ``.jsonl`` files of a
+directory (ours are ``<session>_<category>.jsonl``; another system's may be called anything).
+A line is an entry when it is a JSON object with a ``timestamp`` (or ``ts``, ``time``,
+``@timestamp``) in any RFC 3339 form: ``Z`` or an offset (``+00:00`` as Python's
+``isoformat()`` writes it), with or without a fraction of a second. What is left out is said,
+with why (:attr:`Loaded.skipped`); only a last line still being written is left out quietly.
+"""
 
 from __future__ import annotations
 
-import bisect
 import datetime
+import heapq
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from proxyfleet.errors import ConfigError
 
-__all__ = ["Entry", "correlate", "follow", "load", "summary"]
+__all__ = ["Entry", "Loaded", "correlate", "follow", "load", "parse_time", "read", "summary"]
+
+_TIME_KEYS = ("timestamp", "ts", "time", "@timestamp")
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?(?:([Zz])|([+-])(\d\d):(\d\d))"
+)
+_SESSION_FILE = re.compile(r"\d{8}_\d{6}_(.+)")  # <YYYYmmdd_HHMMSS>_<category>
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,41 +45,117 @@ class Entry:
         return str(rid) if rid is not None else None
 
     def describe(self) -> str:
-        skip = {"session_id", "timestamp", "elapsed_seconds", "request_id"}
+        skip = {"session_id", "elapsed_seconds", "request_id", *_TIME_KEYS}
         fields = " ".join(f"{k}={v}" for k, v in self.data.items() if k not in skip)
         return f"{self.category}: {fields}"
 
 
-def _parse_time(stamp: str) -> float:
-    main, _, frac = stamp.rstrip("Z").partition(".")
-    base = datetime.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
-    return base.timestamp() + (float("0." + frac) if frac else 0.0)
+def parse_time(stamp: object) -> float | None:
+    """Unix seconds from an RFC 3339 timestamp (any offset, any fraction), else None."""
+    match = _RFC3339.fullmatch(stamp) if isinstance(stamp, str) else None
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    fraction, zulu, sign, off_hours, off_minutes = match.groups()[6:]
+    leap = second == 60  # 23:59:60: the second after :59
+    try:
+        base = datetime.datetime(
+            year, month, day, hour, minute, 59 if leap else second, tzinfo=datetime.UTC
+        )
+    except ValueError:
+        return None
+    offset = 0
+    if not zulu:
+        if int(off_hours) > 23 or int(off_minutes) > 59:
+            return None
+        offset = (1 if sign == "+" else -1) * (int(off_hours) * 3600 + int(off_minutes) * 60)
+    return base.timestamp() + leap - offset + (float("0" + fraction) if fraction else 0.0)
 
 
 def _category(path: Path) -> str:
-    # <session>_<category>.jsonl, the session being YYYYmmdd_HHMMSS
-    parts = path.stem.split("_", 2)
-    return parts[2] if len(parts) == 3 else path.stem
+    """``<session>_<category>.jsonl`` names its category; any other file is its own."""
+    match = _SESSION_FILE.fullmatch(path.stem)
+    return match[1] if match else path.stem
 
 
-def load(directory: Path, categories: Iterable[str] = ()) -> list[Entry]:
-    """Every entry under ``directory`` (all sessions), oldest first."""
-    if not directory.is_dir():
-        raise ConfigError(str(directory), "", "not a directory of debug logs")
+def _paths(path: Path) -> list[Path]:
+    """The files to read: ``path`` itself, or a directory's ``.jsonl`` files."""
+    return [path] if path.is_file() else sorted(path.glob("*.jsonl"))
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What :func:`read` found: the entries, oldest first, and what it left out and why."""
+
+    entries: list[Entry] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def read(path: Path, categories: Iterable[str] = ()) -> Loaded:
+    """Every entry in ``path`` (a JSONL file, or a directory of them: every session), oldest
+    first, and a note for everything left out."""
+    loaded = Loaded()
+    if path.is_dir():
+        for child in sorted(path.iterdir()):
+            if child.name.startswith("."):
+                continue
+            if child.is_dir():
+                loaded.skipped.append(f"{child}: a directory (not read: give its path)")
+            elif child.suffix != ".jsonl":
+                loaded.skipped.append(
+                    f"{child}: not a .jsonl file (give its path to read it anyway)"
+                )
+    elif not path.is_file():
+        raise ConfigError(str(path), "", "no such file or directory")
     wanted = set(categories)
-    entries = []
-    for path in sorted(directory.glob("*_*.jsonl")):
-        category = _category(path)
-        if wanted and category not in wanted:
+    for file in _paths(path):
+        category = _category(file)
+        if not wanted or category in wanted:
+            _read_file(file, category, loaded)
+    loaded.entries.sort(key=lambda e: e.at)
+    return loaded
+
+
+def load(path: Path, categories: Iterable[str] = ()) -> list[Entry]:
+    """Every entry under ``path`` (see :func:`read`), oldest first."""
+    return read(path, categories).entries
+
+
+def _read_file(path: Path, category: str, loaded: Loaded) -> None:
+    lines = path.read_text(errors="replace").split("\n")
+    last = len(lines)  # the text after the last newline: empty, or a line being written
+    problems: dict[str, list[int]] = {}
+    example: object = None
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                data = json.loads(line)
-                entries.append(Entry(category, _parse_time(data["timestamp"]), data))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line of a live file
-    entries.sort(key=lambda e: e.at)
-    return entries
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            if number != last:
+                problems.setdefault("that is not JSON", []).append(number)
+            continue
+        if not isinstance(data, dict):
+            problems.setdefault("that is not a JSON object", []).append(number)
+            continue
+        key = next((k for k in _TIME_KEYS if k in data), None)
+        at = None if key is None else parse_time(data[key])
+        if at is not None:
+            loaded.entries.append(Entry(category, at, data))
+        elif key is None:
+            problems.setdefault("without a timestamp", []).append(number)
+        else:
+            if "whose timestamp is not RFC 3339" not in problems:
+                example = data[key]
+            problems.setdefault("whose timestamp is not RFC 3339", []).append(number)
+    for what, numbers in problems.items():
+        count = len(numbers)
+        shown = ", ".join(str(n) for n in numbers[:5]) + (", …" if count > 5 else "")
+        eg = f", e.g. {example!r}" if what.endswith("RFC 3339") else ""
+        loaded.skipped.append(
+            f"{path}: {count} line{'s' if count > 1 else ''} {what}{eg} "
+            f"({'lines' if count > 1 else 'line'} {shown})"
+        )
 
 
 def summary(entries: list[Entry], slowest: int = 10) -> str:
@@ -134,35 +225,61 @@ class Pair:
 
 
 def correlate(a: list[Entry], b: list[Entry], within: float) -> list[Pair]:
-    """Pairs of entries of two systems: the same request id first; then, for what is left,
-    the nearest entry of the other side within ``within`` seconds."""
-    by_id: dict[str, list[Entry]] = {}
-    for entry in b:
-        if entry.request_id is not None:
-            by_id.setdefault(entry.request_id, []).append(entry)
+    """Pairs of entries of two systems, one to one, the nearest in time first: entries sharing
+    a request id, however far apart; then, among the rest, entries within ``within`` seconds.
+    An entry whose request id the other side has too pairs by that id or not at all; session
+    lines never pair by time."""
+    shared = ({e.request_id for e in a} & {e.request_id for e in b}) - {None}
     pairs: list[Pair] = []
-    used: set[int] = set()
-    rest: list[Entry] = []
-    for entry in a:
-        matches = by_id.get(entry.request_id or "", [])
-        if matches:
-            for match in matches:
-                pairs.append(Pair(entry, match, "request_id"))
-                used.add(id(match))
-        else:
-            rest.append(entry)
-    free = [e for e in b if id(e) not in used and e.category != "session"]
-    times = [e.at for e in free]
-    for entry in rest:
-        if entry.category == "session" or not free:
-            continue
-        i = bisect.bisect_left(times, entry.at)
-        near = [free[j] for j in (i - 1, i) if 0 <= j < len(free)]
-        best = min(near, key=lambda e: abs(e.at - entry.at))
-        if abs(best.at - entry.at) <= within:
-            pairs.append(Pair(entry, best, "time"))
-    pairs.sort(key=lambda p: p.a.at)
+    for rid in shared:
+        mine = [e for e in a if e.request_id == rid]
+        theirs = [e for e in b if e.request_id == rid]
+        pairs += [Pair(x, y, "request_id") for x, y in _nearest_first(mine, theirs, None)]
+    rest_a, rest_b = (
+        [e for e in side if e.request_id not in shared and e.category != "session"]
+        for side in (a, b)
+    )
+    pairs += [Pair(x, y, "time") for x, y in _nearest_first(rest_a, rest_b, within)]
+    pairs.sort(key=lambda p: (p.a.at, p.b.at))
     return pairs
+
+
+def _nearest_first(
+    a: list[Entry], b: list[Entry], within: float | None
+) -> list[tuple[Entry, Entry]]:
+    """Pair the entries of ``a`` and ``b`` one to one, greedily: the two unpaired ones (one of
+    each side) nearest in time first, the earlier on a tie, while at most ``within`` apart
+    (None: any distance). The nearest two are always neighbours in time order, so only
+    neighbours are weighed; when two are paired, their neighbours become neighbours."""
+    points = sorted([(e.at, 0, e) for e in a] + [(e.at, 1, e) for e in b], key=lambda p: p[:2])
+    n = len(points)
+    left, right = list(range(-1, n - 1)), list(range(1, n + 1))
+    alive = [True] * n
+    heap: list[tuple[float, float, int, int]] = []
+
+    def weigh(i: int, j: int) -> None:
+        if i >= 0 and j < n and points[i][1] != points[j][1]:
+            gap = points[j][0] - points[i][0]
+            if within is None or gap <= within:
+                heapq.heappush(heap, (gap, points[i][0], i, j))
+
+    for i in range(n - 1):
+        weigh(i, i + 1)
+    found = []
+    while heap:
+        _, _, i, j = heapq.heappop(heap)
+        if not (alive[i] and alive[j]):
+            continue
+        alive[i] = alive[j] = False
+        before, after = left[i], right[j]
+        if before >= 0:
+            right[before] = after
+        if after < n:
+            left[after] = before
+        weigh(before, after)
+        first, second = points[i], points[j]
+        found.append((first[2], second[2]) if first[1] == 0 else (second[2], first[2]))
+    return found
 
 
 def follow(
@@ -174,7 +291,7 @@ def follow(
 ) -> None:
     """Print entries written from now on (what the files hold already is not repeated), until
     ``stop()`` says so. A file that appears later is read from its start."""
-    seen = {path: path.stat().st_size for path in directory.glob("*_*.jsonl")}
+    seen = {path: path.stat().st_size for path in _paths(directory)}
     wanted = set(categories)
     while not stop():
         for line in _new_lines(directory, wanted, seen):
@@ -183,7 +300,7 @@ def follow(
 
 
 def _new_lines(directory: Path, wanted: set[str], seen: dict[Path, int]) -> Iterator[str]:
-    for path in sorted(directory.glob("*_*.jsonl")):
+    for path in _paths(directory):
         if wanted and _category(path) not in wanted:
             continue
         with path.open("rb") as handle:

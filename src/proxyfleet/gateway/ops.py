@@ -92,6 +92,9 @@ class Operations:
 
     async def _ready(self, scope: Scope, send: Send) -> None:
         ok, reason = await self.readiness()
+        why = None if ok or self.elastic is None else self.elastic.why_not()
+        if why is not None:  # an elastic pool that cannot grow says why (a refused key…)
+            reason = f"{reason}: {why}"
         body: dict[str, object] = {"status": "ready" if ok else "unavailable", "reason": reason}
         if self.mcp:
             body["mcp"] = self.mcp.health()

@@ -1,13 +1,19 @@
-"""A mock orchestrator: the acestream-orchestrator API shape, provisioning mock upstreams.
+"""A mock orchestrator: the acestream-orchestrator API, provisioning mock upstreams.
 
 ``POST /provision/acestream`` starts ``proxyfleet mock`` on a free port (a real process) and
 answers ``{"container_id", "host_http_port", ...}``; ``DELETE /containers/{id}`` stops it;
 ``GET /engines`` lists them; ``GET /orchestrator/status`` reports health and whether it can
-provision; ``POST /events/stream_started|stream_ended`` are recorded (``GET /mock/events``).
-Faults (``--fault`` or ``POST /mock/faults``): ``slow`` seconds per provisioning, ``blocked``
-(with an ETA), ``breaker`` (its own circuit breaker open, with an ETA), ``degraded``, ``fail``
-(the next N provisionings fail with 500; -1 = all of them) and ``refuse`` (a refusal that must
-not be retried). Every engine is stopped when the mock stops.
+provision; ``POST /events/stream_started|stream_ended`` are kept (``GET /mock/events``). Faults
+(``--fault``, ``POST /mock/faults``): ``slow`` seconds per provisioning, ``blocked`` (VPN down)
+and ``breaker`` (its breaker open) with an ETA, ``degraded``, ``fail`` (the next N fail with
+500; -1 = all), ``refuse`` (a failure not to retry), ``reject_events`` (stream starts get 422).
+
+It refuses what the real one (v1.6.1 and v2.0: FastAPI, pydantic) refuses, the same way: no
+bearer key 401 ``missing bearer token``, a wrong one 403 ``invalid token``, an event its models
+refuse 422 with FastAPI's ``detail`` list (the stricter version's: four key types, ``stat_url``
+and ``command_url`` required); and answers as it does: a stream start with the stream's state
+(``id`` = ``labels.stream_id``); a stream end naming no known id ends the container's latest
+open stream, and an end ends every open stream sharing the key. Engines stop with the mock.
 """
 
 from __future__ import annotations
@@ -16,15 +22,17 @@ import asyncio
 import contextlib
 import hmac
 import itertools
+import json
 import os
 import re
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import BaseModel, HttpUrl, ValidationError
 
 from proxyfleet.debuglog.writer import DebugLog
 from proxyfleet.mock.runner import start_site, stop_event
@@ -42,7 +50,8 @@ class Faults:
     breaker: float | None = None  # ETA seconds: the orchestrator's own breaker is open
     degraded: bool = False  # status degraded, provisioning still possible
     fail: int = 0  # the next N provisionings fail with 500; -1 = every one
-    refuse: bool = False  # provisioning refused, not retryable
+    refuse: bool = False  # provisioning fails, not retryable
+    reject_events: bool = False  # every stream start is refused with a 422
 
     def updated(self, changes: dict[str, Any]) -> Faults:
         check_fields(self, changes, "fault")
@@ -53,6 +62,47 @@ class Faults:
         if "fail" in changes and not isinstance(changes["fail"], int):
             raise ValueError("fail must be an integer (-1 = every provisioning)")
         return replace(self, **changes)
+
+
+# The real orchestrator's event models: what both v1.6.1 and v2.0 accept (v2.0 knows three more
+# key types and makes the URLs optional; v1.6.1 wants both URLs and accepts these four only).
+class _EngineAddress(BaseModel):
+    host: str
+    port: int
+
+
+class _StreamKey(BaseModel):
+    key_type: Literal["content_id", "infohash", "url", "magnet"]
+    key: str
+
+
+class _SessionInfo(BaseModel):
+    playback_session_id: str
+    stat_url: HttpUrl
+    command_url: HttpUrl
+    is_live: int
+
+
+class _StreamStartedEvent(BaseModel):
+    container_id: str | None = None
+    engine: _EngineAddress
+    stream: _StreamKey
+    session: _SessionInfo
+    labels: dict[str, str] = {}
+
+
+class _StreamEndedEvent(BaseModel):
+    container_id: str | None = None
+    stream_id: str | None = None
+    reason: str | None = None
+
+
+_KEY_TYPE = ["body", "stream", "key_type"]
+
+
+def _invalid(detail: list[dict[str, Any]]) -> web.Response:
+    """FastAPI's answer to a body its model refuses."""
+    return web.json_response({"detail": detail}, status=422)
 
 
 @dataclass
@@ -81,6 +131,7 @@ class OrchestratorMock:
         self.engine_args = engine_args
         self.debug = debug
         self.engines: dict[str, _Engine] = {}
+        self.streams: dict[str, dict[str, Any]] = {}  # open streams, oldest first
         self.events: list[dict[str, Any]] = []
         self.counts = {
             "provision_requests": 0,
@@ -88,6 +139,7 @@ class OrchestratorMock:
             "failed": 0,
             "released": 0,
             "unauthorized": 0,
+            "status_requests": 0,
         }
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
@@ -137,64 +189,150 @@ class OrchestratorMock:
         await asyncio.gather(*(self.stop_engine(e) for e in list(self.engines)))
 
     # -- answers -----------------------------------------------------------------------------
-    def blocked_detail(self) -> dict[str, Any] | None:
-        faults = self.faults
-        if faults.breaker is not None:
-            return _detail("circuit_breaker", "Circuit breaker is open", faults.breaker)
-        if faults.blocked is not None:
-            return _detail("vpn_disconnected", "VPN is disconnected", faults.blocked)
-        if len(self.engines) >= self.max_engines:
-            return _detail("max_capacity", f"At max capacity ({self.max_engines} engines)", 30)
+    def _block(self) -> tuple[str, float] | None:
+        """What blocks provisioning (its VPN down, its own breaker open), with the ETA."""
+        if self.faults.blocked is not None:
+            return "vpn_disconnected", self.faults.blocked
+        if self.faults.breaker is not None:
+            return "circuit_breaker", self.faults.breaker
         return None
 
     def status(self) -> dict[str, Any]:
-        detail = self.blocked_detail()
-        faults = self.faults
-        if faults.breaker is not None or faults.degraded:
+        block, full = self._block(), len(self.engines) >= self.max_engines
+        reason, details = None, None
+        if block is not None:
+            code, eta = block
+            reason, message, can_retry = _BLOCKS[code]
+            details = _details(code, message, eta, can_retry, should_wait=True)
+        elif full:
+            reason = "Maximum capacity reached"
+            message = f"Maximum number of engines ({self.max_engines}) already running"
+            details = _details("max_capacity", message, None, False, should_wait=True)
+        if not self.engines:
+            overall = "unavailable"  # as there: unavailable means no engine is running
+        elif block is not None or self.faults.degraded:
             overall = "degraded"
-        elif faults.blocked is not None:
-            overall = "unavailable"
         else:
             overall = "healthy"
         return {
             "status": overall,
             "provisioning": {
-                "can_provision": detail is None and not faults.refuse,
-                "blocked_reason": None if detail is None else detail["message"],
-                "blocked_reason_details": detail,
+                "can_provision": details is None,
+                "blocked_reason": reason,
+                "blocked_reason_details": details,  # no "error" here, unlike a refusal
             },
             "engines": {"total": len(self.engines)},
             "streams": {"active": self.active_streams()},
             "capacity": {
                 "total": self.max_engines,
-                "used": len(self.engines),
+                "used": min(len(self.engines), self.max_engines),
                 "available": max(0, self.max_engines - len(self.engines)),
             },
         }
 
+    def refusal(self) -> tuple[int, dict[str, Any]] | None:
+        """What a provisioning call is answered instead of an engine, if anything: the real
+        one's refusals while blocked (503) and its general failure (500, not to be retried;
+        it has no 400 refusal and no capacity check of its own)."""
+        block = self._block()
+        if block is not None:
+            code, eta = block
+            _, message, can_retry = _BLOCKS[code]
+            details = _details(code, message, eta, can_retry, should_wait=True)
+            return 503, {"error": "provisioning_blocked", **details}
+        if self.faults.refuse or len(self.engines) >= self.max_engines:
+            why = (
+                "engine image is not configured"
+                if self.faults.refuse
+                else f"maximum number of engines ({self.max_engines}) reached"
+            )
+            message = f"Failed to provision engine: {why}"
+            details = _details("general_error", message, None, False, should_wait=False)
+            return 500, {"error": "provisioning_failed", **details}
+        return None
+
     def active_streams(self) -> int:
-        open_: set[str] = set()
-        for item in self.events:
-            key = item["stream_id"]
-            if item["kind"] == "started":
-                open_.add(key)
-            else:
-                open_.discard(key)
-        return len(open_)
+        return len(self.streams)
+
+    # -- streams, as the real one keeps them --------------------------------------------------
+    def start_stream(self, body: object) -> dict[str, Any]:
+        """A stream start the real models accept (else ValidationError): its state."""
+        evt = _StreamStartedEvent.model_validate(body)
+        engine = next((e for e in self.engines.values() if e.port == evt.engine.port), None)
+        container = evt.container_id or (
+            engine.id if engine else f"{evt.engine.host}:{evt.engine.port}"
+        )
+        key, session = evt.stream.key, evt.session
+        stream_id = evt.labels.get("stream_id") or f"{key}|{session.playback_session_id}"
+        state = {
+            "id": stream_id,
+            **evt.stream.model_dump(),
+            "container_id": container,
+            **session.model_dump(mode="json"),
+            "is_live": bool(session.is_live),
+            "started_at": time.time(),
+            "ended_at": None,
+            "status": "started",
+        }
+        self.streams.pop(stream_id, None)
+        self.streams[stream_id] = state
+        return state
+
+    def end_stream(self, body: object) -> list[dict[str, Any]]:
+        """A stream end (else ValidationError): the streams it ended, the one it names (or,
+        as there, the latest open one of the container) first, then those sharing its key."""
+        evt = _StreamEndedEvent.model_validate(body)
+        state = self.streams.get(evt.stream_id or "")
+        if state is None:
+            state = next(
+                (
+                    s
+                    for s in reversed(self.streams.values())
+                    if s["container_id"] == (evt.container_id or s["container_id"])
+                ),
+                None,
+            )
+        if state is None:
+            return []
+        ended = [
+            state,
+            *(s for s in self.streams.values() if s is not state and s["key"] == state["key"]),
+        ]
+        for stream in ended:
+            del self.streams[stream["id"]]
+            stream.update(ended_at=time.time(), status="ended")
+        return ended
 
     def log(self, category: str, rid: str | None, **values: Any) -> None:
         if self.debug is not None:
             self.debug.log(category, rid, **values)
 
 
-def _detail(code: str, message: str, eta: float) -> dict[str, Any]:
+# code: (blocked_reason, message, can_retry), as the real one says them while it is blocked
+_BLOCKS = {
+    "vpn_disconnected": (
+        "VPN not connected",
+        "VPN connection is required but currently disconnected",
+        True,
+    ),
+    # can_retry is true only while its breaker is half-open
+    "circuit_breaker": (
+        "Circuit breaker is open",
+        "Circuit breaker is open due to repeated failures",
+        False,
+    ),
+}
+
+
+def _details(
+    code: str, message: str, eta: float | None, can_retry: bool, *, should_wait: bool
+) -> dict[str, Any]:
     return {
-        "error": "provisioning_blocked",
         "code": code,
         "message": message,
         "recovery_eta_seconds": eta,
-        "can_retry": True,
-        "should_wait": True,
+        "can_retry": can_retry,
+        "should_wait": should_wait,
     }
 
 
@@ -214,25 +352,25 @@ async def _stop_process(process: asyncio.subprocess.Process) -> None:
 ORCHESTRATOR = web.AppKey("orchestrator", OrchestratorMock)
 
 
-def _authorized(request: web.Request) -> bool:
+def _unauthorized(request: web.Request) -> web.Response | None:
+    """The real one's refusal of a call without the key (401) or with a wrong one (403)."""
     mock = request.app[ORCHESTRATOR]
     if mock.api_key is None:
-        return True
+        return None
     given = request.headers.get("Authorization", "")
-    if hmac.compare_digest(given.encode(), f"Bearer {mock.api_key}".encode()):
-        return True
+    if not given.startswith("Bearer "):
+        mock.counts["unauthorized"] += 1
+        return web.json_response({"detail": "missing bearer token"}, status=401)
+    if hmac.compare_digest(given.split(" ", 1)[1].encode(), mock.api_key.encode()):
+        return None
     mock.counts["unauthorized"] += 1
-    return False
-
-
-def _unauthorized() -> web.Response:
-    return web.json_response({"detail": "invalid or missing API key"}, status=401)
+    return web.json_response({"detail": "invalid token"}, status=403)
 
 
 async def provision(request: web.Request) -> web.Response:
     mock = request.app[ORCHESTRATOR]
-    if not _authorized(request):
-        return _unauthorized()
+    if (refused := _unauthorized(request)) is not None:
+        return refused
     rid = request.headers.get("X-Request-ID")
     mock.counts["provision_requests"] += 1
     started = time.perf_counter()
@@ -253,18 +391,10 @@ async def provision(request: web.Request) -> web.Response:
         )
         return web.json_response(body, status=status)
 
-    if faults.refuse:
-        detail = {
-            "error": "provisioning_refused",
-            "code": "invalid_configuration",
-            "message": "engine image is not configured",
-            "can_retry": False,
-            "should_wait": False,
-        }
-        return failed(400, {"detail": detail}, "refused")
-    detail_blocked = mock.blocked_detail()
-    if detail_blocked is not None:
-        return failed(503, {"detail": detail_blocked}, detail_blocked["code"])
+    refusal = mock.refusal()
+    if refusal is not None:
+        status, detail = refusal
+        return failed(status, {"detail": detail}, "refused" if faults.refuse else detail["code"])
     if faults.fail:
         if faults.fail > 0:
             mock.faults = replace(faults, fail=faults.fail - 1)
@@ -296,14 +426,13 @@ async def provision(request: web.Request) -> web.Response:
 
 async def release(request: web.Request) -> web.Response:
     mock = request.app[ORCHESTRATOR]
-    if not _authorized(request):
-        return _unauthorized()
+    if (refused := _unauthorized(request)) is not None:
+        return refused
     engine_id = request.match_info["id"]
-    if not await mock.stop_engine(engine_id):
-        return web.json_response({"detail": f"no engine {engine_id}"}, status=404)
-    mock.counts["released"] += 1
-    mock.log("provisioning", None, operation="engine_deleted", container_id=engine_id)
-    return web.json_response({"deleted": engine_id})
+    if await mock.stop_engine(engine_id):
+        mock.counts["released"] += 1
+        mock.log("provisioning", None, operation="engine_deleted", container_id=engine_id)
+    return web.json_response({"deleted": engine_id})  # as there: 200, known or not
 
 
 async def engines(request: web.Request) -> web.Response:
@@ -325,6 +454,7 @@ async def engines(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     mock = request.app[ORCHESTRATOR]
+    mock.counts["status_requests"] += 1
     body = mock.status()
     mock.log(
         "orchestrator_health",
@@ -338,39 +468,40 @@ async def status(request: web.Request) -> web.Response:
 
 async def stream_event(request: web.Request) -> web.Response:
     mock = request.app[ORCHESTRATOR]
-    if not _authorized(request):
-        return _unauthorized()
+    if (refused := _unauthorized(request)) is not None:
+        return refused
     kind = request.match_info["kind"]
+    text = await request.text()
     try:
-        body = await request.json()
-    except ValueError:
-        return web.json_response({"detail": "body must be JSON"}, status=400)
-    if not isinstance(body, dict):
-        return web.json_response({"detail": "body must be a JSON object"}, status=400)
+        body = json.loads(text)
+    except ValueError as exc:
+        error = {"type": "json_invalid", "loc": ["body", 0], "msg": "JSON decode error"}
+        return _invalid([dict(error, input={}, ctx={"error": str(exc)})])
+    try:
+        if kind == "started":
+            if mock.faults.reject_events:
+                why = "Value error, refused by the mock orchestrator (fault reject_events)"
+                return _invalid([{"type": "value_error", "loc": _KEY_TYPE, "msg": why}])
+            streams = [mock.start_stream(body)]
+        else:
+            streams = mock.end_stream(body)
+    except ValidationError as exc:
+        errors = json.loads(exc.json(include_url=False))
+        return _invalid([dict(e, loc=["body", *e["loc"]]) for e in errors])
+    rid = request.headers.get("X-Request-ID")
+    reason = body.get("reason") if kind == "ended" else None
+    for stream in streams:
+        sid, container = stream["id"], stream["container_id"]
+        mock.events.append(
+            dict(kind=kind, stream_id=sid, container_id=container, key=stream["key"])
+            | dict(reason=reason, received=time.time(), request_id=rid)
+        )
+        mock.log(
+            "streams", rid or sid, event=f"stream_{kind}", container_id=container, reason=reason
+        )
     if kind == "started":
-        labels = body.get("labels")
-        stream_id = str(labels.get("stream_id") or "") if isinstance(labels, dict) else ""
-    else:
-        stream_id = str(body.get("stream_id") or "")
-    if not stream_id:
-        return web.json_response({"detail": "no stream id"}, status=400)
-    item = {
-        "kind": kind,
-        "stream_id": stream_id,
-        "container_id": body.get("container_id"),
-        "reason": body.get("reason"),
-        "received": time.time(),
-        "request_id": request.headers.get("X-Request-ID"),
-    }
-    mock.events.append(item)
-    mock.log(
-        "streams",
-        request.headers.get("X-Request-ID") or stream_id,
-        event=f"stream_{kind}",
-        container_id=body.get("container_id"),
-        reason=body.get("reason"),
-    )
-    return web.json_response({"updated": True, "stream": item})
+        return web.json_response(streams[0])
+    return web.json_response({"updated": bool(streams), "stream": streams[0] if streams else None})
 
 
 async def mock_events(request: web.Request) -> web.Response:
@@ -446,10 +577,11 @@ async def serve_orchestrator(host: str, port: int, mock: OrchestratorMock) -> No
 
 
 def parse_fault(text: str) -> dict[str, Any]:
-    """``slow=2``, ``blocked=30``, ``breaker=60``, ``degraded``, ``fail=3``, ``refuse``."""
+    """``slow=2``, ``blocked=30``, ``breaker=60``, ``degraded``, ``fail=3``, ``refuse``,
+    ``reject_events``."""
     name, _, value = text.partition("=")
     name = name.strip()
-    if name in ("degraded", "refuse"):
+    if name in ("degraded", "refuse", "reject_events"):
         if value and value.lower() not in ("1", "true", "yes", "on"):
             return {name: False}
         return {name: True}
@@ -462,5 +594,6 @@ def parse_fault(text: str) -> dict[str, Any]:
             raise ValueError(f"--fault {name}: {value!r} is not a number") from None
         return {name: number}
     raise ValueError(
-        f"unknown fault {name!r}: use slow=S, blocked=ETA, breaker=ETA, degraded, fail=N, refuse"
+        f"unknown fault {name!r}: use slow=S, blocked=ETA, breaker=ETA, degraded, fail=N, "
+        "refuse, reject_events"
     )

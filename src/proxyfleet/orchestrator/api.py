@@ -4,7 +4,10 @@ The shapes are those of the acestream-orchestrator API: ``POST /provision/acestr
 ``{"container_id", "host_http_port", ...}``; a refusal is ``{"detail": {"code", "message",
 "recovery_eta_seconds", "can_retry", "should_wait"}}`` (or a bare ``{"detail": "text"}``);
 ``GET /orchestrator/status`` answers ``{"status", "provisioning": {"can_provision",
-"blocked_reason", "blocked_reason_details": {...}}, "engines": {...}, "streams": {...}}``.
+"blocked_reason", "blocked_reason_details": {...}}, "engines": {...}, "streams": {...}}``. A
+refusal's ``can_retry`` decides whether to try again and its ``recovery_eta_seconds`` when; a
+body its models refused is a 422 whose ``detail`` lists ``{"loc", "msg", ...}``, kept in the
+error's message.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxyfleet.errors import ProvisionerError
+from proxyfleet.errors import ProvisionerAuthError, ProvisionerError
 
 __all__ = [
     "Engine",
@@ -115,19 +118,45 @@ _LEGACY_CODES = (
 )
 
 
+def _field_errors(detail: list[object]) -> str:
+    """FastAPI's 422 ``detail`` (``[{"loc", "msg", "input"}, ...]``) as one line."""
+    parts = []
+    for item in detail:
+        if not isinstance(item, dict):
+            continue
+        loc = [str(p) for p in item.get("loc") or () if isinstance(p, str)]
+        where = ".".join(loc[1:] if loc[:1] == ["body"] else loc) or "body"
+        got = f" (got {item['input']!r})" if isinstance(item.get("input"), str | int) else ""
+        parts.append(f"{where}: {item.get('msg')}{got}")
+    return "; ".join(parts)
+
+
 def parse_refusal(status: int, data: object) -> ProvisionerError:
-    """A non-2xx answer to a provisioning call, as an error that knows whether to retry."""
+    """A non-2xx answer to an orchestrator call, as an error that knows whether to retry."""
     detail = data.get("detail") if isinstance(data, dict) else None
+    if status in (401, 403):  # no key, or a wrong one: no retry will help
+        said = f" {detail}" if isinstance(detail, str) and detail else ""
+        return ProvisionerAuthError(
+            f"the orchestrator refused the key in pool.provisioner.api_key ({status}{said})",
+            status=status,
+        )
+    if isinstance(detail, list):  # the body did not pass its models: the same would fail again
+        return ProvisionerError(
+            f"orchestrator refused ({status}): {_field_errors(detail)}",
+            code="invalid_request",
+            retryable=False,
+        )
     if isinstance(detail, dict):
+        # can_retry says whether to try again (false while its own breaker is open, whatever
+        # should_wait says); an ETA, when it gives one, says not before then.
         code = str(detail.get("code") or detail.get("error") or "refused")
         message = str(detail.get("message") or code)
-        eta = _number(detail.get("recovery_eta_seconds"))
-        waitable = bool(detail.get("should_wait")) or bool(detail.get("can_retry", True))
+        can_retry = detail.get("can_retry")
         return ProvisionerError(
             f"orchestrator refused ({status} {code}): {message}",
             code=code,
-            retryable=waitable and status != 400,
-            eta=eta,
+            retryable=can_retry if isinstance(can_retry, bool) else status >= 500 or status == 429,
+            eta=_number(detail.get("recovery_eta_seconds")),
         )
     text = detail if isinstance(detail, str) else ""
     lowered = text.lower()

@@ -3,10 +3,14 @@
 The controller is the pool's :class:`~proxyfleet.pool.pool.Grower`. A request that finds no free
 backend asks it for capacity; one provisioning runs at a time (a burst of waiters triggers one,
 not one each), and when it lands and requests are still waiting, the next one starts. Failed
-attempts are retried after the orchestrator's ETA or with capped exponential backoff, a
-non-retryable refusal ends the burst at once, and a circuit breaker stops calls to a provisioner
-that keeps failing. The orchestrator's status is polled; while it says it cannot provision,
-requests that would need a new backend fail fast with 503 and its ETA as ``Retry-After``.
+attempts are retried after the orchestrator's ETA or with capped exponential backoff; a refusal
+that must not be retried (``can_retry: false``) ends the burst at once, and its ETA, when it
+gives one, holds every call back until then. A circuit breaker stops calls to a provisioner that
+keeps failing. The orchestrator's status is polled; while it says it cannot provision, no call
+goes out and requests that would need a new backend fail fast with 503 and its ETA as
+``Retry-After``. When it refuses the key (401/403), that is said once at ERROR, readiness says
+why, requests that would need a backend get 503 ``provisioning_unauthorized`` without
+``Retry-After``, and one call tries again only every ``breaker_cooldown`` seconds.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ from proxyfleet.config.model import ProvisionerConfig
 from proxyfleet.debuglog.recorder import DebugRecorder
 from proxyfleet.errors import (
     GatewayError,
+    ProvisionerAuthError,
     ProvisionerError,
+    ProvisioningBlocked,
     ProvisioningFailed,
+    ProvisioningUnauthorized,
 )
 from proxyfleet.logs import event
 from proxyfleet.orchestrator.api import Engine
 from proxyfleet.orchestrator.health import OrchestratorHealth, retry_after
-from proxyfleet.orchestrator.policy import Breaker, BreakerState, retry_delay
+from proxyfleet.orchestrator.policy import MAX_ETA, Breaker, BreakerState, KeyGate, next_attempt
 from proxyfleet.orchestrator.provisioner import Provisioner
 from proxyfleet.pool import BackendSpec, Pool
 
@@ -65,6 +72,7 @@ class Elastic:
         self._breaker = Breaker(config.breaker_failures, config.breaker_cooldown)
         self._members: dict[str, _Member] = {}
         self._growth: asyncio.Task[None] | None = None
+        self._key = KeyGate(config.breaker_cooldown)  # the orchestrator refuses our key
         self._tasks: list[asyncio.Task[None]] = []
         self.health = OrchestratorHealth(provisioner, config.status_interval, debug)
         self.provisioned = 0
@@ -82,7 +90,7 @@ class Elastic:
         if self._provisioner.has_status:
             self._tasks.append(asyncio.create_task(self._poll(), name="proxyfleet-status"))
         self._tasks.append(asyncio.create_task(self._reap(), name="proxyfleet-reaper"))
-        if self._wanted():
+        if self._wanted() and self._held(time.monotonic()) is None:
             self._start_growth("")
         return self
 
@@ -106,31 +114,47 @@ class Elastic:
     async def demand(self, request_id: str, waiting: int) -> GatewayError | bool:
         if self._pool.size >= self._config.max_backends:
             return False
-        now = time.monotonic()
-        blocked = self.health.blocked(now)
-        if blocked is not None:
-            return blocked
-        if self._growth is not None:
-            return True
-        if self._breaker.state(now) is BreakerState.OPEN:
-            if await self._pool.ready():
-                return False
-            return ProvisioningFailed(
-                f"provisioning is paused after {self._breaker.consecutive} failures in a row "
-                f"(circuit breaker open, provisioner {self._provisioner.name})",
-                retry_after=retry_after(self._breaker.remaining(now)),
-            )
+        held = self._held(time.monotonic())
+        if isinstance(held, ProvisioningBlocked):  # the orchestrator said so: fail fast
+            return held
+        if held is not None:
+            return False if await self._pool.ready() else held
         self._start_growth(request_id)
         return True
 
     def can_grow(self) -> bool:
         """Could a request that finds no backend get one (for readiness)?"""
-        now = time.monotonic()
-        return (
-            self._pool.size < self._config.max_backends
-            and self.health.blocked(now) is None
-            and self._breaker.state(now) is not BreakerState.OPEN
-        )
+        return self.why_not() is None
+
+    def why_not(self) -> str | None:
+        """Why a request that finds no backend could not get one now, if it could not."""
+        if self._key.reason is not None:  # until a call succeeds, whatever the cooldown
+            return f"no backend can be provisioned: {self._key.reason}"
+        held = self._held(time.monotonic())
+        if held is not None:
+            return held.message
+        if self._pool.size >= self._config.max_backends:
+            return f"max_backends ({self._config.max_backends}) reached"
+        return None
+
+    def _held(self, now: float, last: ProvisionerError | None = None) -> GatewayError | None:
+        """Why no provisioning call may go out now, as the error for a request that needs one:
+        the orchestrator refused our key (for ``breaker_cooldown`` after each refusal; then one
+        call may try again), says it cannot provision (its status, a refusal's ETA), or the
+        circuit breaker is open."""
+        if self._key.holds(now):
+            return ProvisioningUnauthorized(f"no backend can be provisioned: {self._key.reason}")
+        blocked = self.health.blocked(now)
+        if blocked is not None:
+            return blocked
+        if self._breaker.state(now) is BreakerState.OPEN:
+            return ProvisioningFailed(
+                f"provisioning is paused after {self._breaker.consecutive} failures in a row "
+                f"(circuit breaker open, provisioner {self._provisioner.name})"
+                + (f"; last: {last.message}" if last is not None else ""),
+                retry_after=retry_after(self._breaker.remaining(now)),
+            )
+        return None
 
     # -- growing -------------------------------------------------------------------------------
     def _wanted(self) -> bool:
@@ -159,7 +183,11 @@ class Elastic:
         while True:
             attempt += 1
             now = time.monotonic()
-            if not self._breaker.allow(now):
+            held = self._held(now)
+            if held is not None:  # no call before the orchestrator (or the breaker) says so
+                await self._pool.fail_waiters(held)
+                return
+            if not self._breaker.allow(now):  # half-open, and its one trial is out
                 await self._give_up(rid, None)
                 return
             started = time.perf_counter()
@@ -178,6 +206,7 @@ class Elastic:
 
     async def _landed(self, rid: str, engine: Engine, attempt: int, seconds: float) -> None:
         self._breaker.success()
+        self._key.accepted()
         self.health.clear()
         self.provisioned += 1
         if self._debug is not None:
@@ -202,9 +231,21 @@ class Elastic:
         """Record a failed attempt; True when another attempt should follow (after a pause)."""
         now = time.monotonic()
         self.failures += 1
-        opened = self._breaker.failure(now)
-        if exc.eta is not None and exc.retryable:
-            self.health.block(exc.message, exc.eta, now)
+        config = self._config
+        opened = False  # a refused key is not a flapping provisioner: the breaker stays out
+        if not isinstance(exc, ProvisionerAuthError):
+            opened = self._breaker.failure(now)
+        elif self._key.refused(exc.message, now):  # said once, at ERROR
+            event(
+                _log,
+                "orchestrator_auth_failed",
+                logging.ERROR,
+                status=exc.status,
+                error=exc.message,
+                retry_in_seconds=config.breaker_cooldown,
+            )
+        if exc.eta is not None:  # not before then, whether this burst goes on or not
+            self.health.block(exc.message, min(exc.eta, MAX_ETA), now)
             blocked = self.health.blocked(now)
             if blocked is not None:
                 await self._pool.fail_waiters(blocked)
@@ -229,28 +270,22 @@ class Elastic:
             error=exc.message,
             breaker="open" if opened else None,
         )
-        if not exc.retryable or opened or attempt >= self._config.attempts:
+        delay = next_attempt(
+            exc.retryable, exc.eta, attempt, config.attempts, config.backoff, config.backoff_cap
+        )
+        if delay is None or opened:
             await self._give_up(rid, exc)
             return False
-        delay = retry_delay(exc.eta, attempt, self._config.backoff, self._config.backoff_cap)
         await asyncio.sleep(delay)
         return self._wanted()
 
     async def _give_up(self, rid: str, exc: ProvisionerError | None) -> None:
         """The burst ends without a backend: waiters with nothing to wait for fail now."""
-        now = time.monotonic()
-        if exc is None or self._breaker.state(now) is BreakerState.OPEN:
-            error: GatewayError = ProvisioningFailed(
-                f"provisioning is paused: the circuit breaker opened after "
-                f"{self._breaker.consecutive} failures in a row"
-                + (f" (last: {exc.message})" if exc is not None else ""),
-                retry_after=retry_after(self._breaker.remaining(now)),
-            )
-        else:  # blocked with an ETA (the refusal said so), else a plain failure
-            error = self.health.blocked(now) or ProvisioningFailed(
-                f"could not provision a backend: {exc.message}",
-                retry_after=retry_after(self._config.backoff),
-            )
+        why = exc.message if exc is not None else "a trial of the half-open breaker is out"
+        error = self._held(time.monotonic(), exc) or ProvisioningFailed(
+            f"could not provision a backend: {why}",
+            retry_after=retry_after(self._config.backoff),
+        )
         if self._debug is not None:
             self._debug.provisioning(
                 rid or None,
@@ -358,7 +393,7 @@ class Elastic:
             await asyncio.sleep(self._config.status_interval)
             await self.health.poll()
             await self.reconcile()
-            if self._wanted():
+            if self._wanted() and self._held(time.monotonic()) is None:
                 self._start_growth("")
 
     async def reconcile(self) -> list[str]:
@@ -404,6 +439,7 @@ class Elastic:
                 "retry_in_seconds": round(self._breaker.remaining(now), 3),
             },
             "blocked": self.health.reason,
+            "unauthorized": self._key.reason,
             "orchestrator": None if self.health.status is None else self.health.status.fields(),
             "members": {k: m.origin for k, m in self._members.items()},
         }

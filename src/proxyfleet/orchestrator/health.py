@@ -2,7 +2,9 @@
 
 The status is polled (``GET /orchestrator/status``); while it says it cannot provision, or a
 refusal came with an ETA, a request that would need a new backend fails fast with 503
-``provisioning_blocked`` and the ETA as ``Retry-After``.
+``provisioning_blocked`` and the ETA as ``Retry-After``, and no provisioning call goes out. A
+refusal's ETA holds until it passes (or a provisioning succeeds), whatever the status says
+meanwhile: the status describes the orchestrator, the refusal what it will do for us.
 """
 
 from __future__ import annotations
@@ -41,22 +43,28 @@ class OrchestratorHealth:
         self._provisioner = provisioner
         self._interval = status_interval
         self._debug = debug
-        self._block: _Block | None = None
+        self._block: _Block | None = None  # the status says so
+        self._hold: _Block | None = None  # a refusal's ETA says so
         self.status: OrchestratorStatus | None = None
 
     @property
     def reason(self) -> str | None:
         """Why provisioning is blocked, while it is."""
-        return None if self._block is None else self._block.reason
+        block = self._hold or self._block
+        return None if block is None else block.reason
+
+    def _current(self, now: float) -> _Block | None:
+        if self._hold is not None and self._hold.until is not None and now >= self._hold.until:
+            self._hold = None
+        if self._block is not None and self._block.until is not None and now >= self._block.until:
+            self._block = None
+        return self._hold or self._block
 
     def blocked(self, now: float) -> ProvisioningBlocked | None:
         """The error for a request that would need a new backend now, if provisioning is
         blocked (``now`` is monotonic)."""
-        block = self._block
+        block = self._current(now)
         if block is None:
-            return None
-        if block.until is not None and now >= block.until:
-            self._block = None
             return None
         status = self.status
         eta = (
@@ -71,11 +79,11 @@ class OrchestratorHealth:
 
     def block(self, reason: str, eta: float, now: float) -> None:
         """A refusal said to wait ``eta`` seconds before asking again."""
-        self._block = _Block(reason, now + eta)
+        self._hold = _Block(reason, now + eta)
 
     def clear(self) -> None:
         """A provisioning succeeded: whatever blocked it is over."""
-        self._block = None
+        self._block = self._hold = None
 
     async def poll(self) -> None:
         """Ask the orchestrator how it is; log a change and record it in debug mode."""

@@ -5,15 +5,29 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Breaker", "BreakerState", "retry_delay"]
+__all__ = ["MAX_ETA", "Breaker", "BreakerState", "KeyGate", "next_attempt", "retry_delay"]
+
+#: The longest an orchestrator's ETA may hold provisioning back (seconds); the
+#: acestream-orchestrator's own breaker says 300 at most.
+MAX_ETA = 900.0
 
 
 def retry_delay(eta: float | None, attempt: int, base: float, cap: float) -> float:
-    """Seconds before attempt ``attempt + 1``: the orchestrator's ETA when it gave one, else
-    ``base * 2**(attempt - 1)``; never more than ``cap``. ``attempt`` counts from 1."""
+    """Seconds before attempt ``attempt + 1``: the orchestrator's ETA when it gave one (at most
+    :data:`MAX_ETA`), else ``base * 2**(attempt - 1)`` up to ``cap``. ``attempt`` counts from 1."""
     if eta is not None:
-        return min(max(eta, 0.0), cap)
+        return min(max(eta, 0.0), MAX_ETA)
     return min(base * 2.0 ** max(attempt - 1, 0), cap)
+
+
+def next_attempt(
+    retryable: bool, eta: float | None, attempt: int, attempts: int, base: float, cap: float
+) -> float | None:
+    """After attempt ``attempt`` of a burst failed: seconds before the next one, or None when
+    the burst ends (the refusal must not be retried, or that was the last attempt)."""
+    if not retryable or attempt >= attempts:
+        return None
+    return retry_delay(eta, attempt, base, cap)
 
 
 class BreakerState(enum.Enum):
@@ -69,3 +83,26 @@ class Breaker:
             self.trial = False
             return True
         return False
+
+
+@dataclass(slots=True)
+class KeyGate:
+    """The orchestrator refuses our key. For ``cooldown`` seconds after each refusal no call
+    goes out; then one may try again (a key fixed on its side is noticed without a restart).
+    ``reason`` says why until a call succeeds."""
+
+    cooldown: float
+    reason: str | None = None
+    since: float = 0.0
+
+    def refused(self, reason: str, now: float) -> bool:
+        """A refusal; True when it is the first since the key last worked."""
+        first = self.reason is None
+        self.reason, self.since = reason, now
+        return first
+
+    def holds(self, now: float) -> bool:
+        return self.reason is not None and now - self.since < self.cooldown
+
+    def accepted(self) -> None:
+        self.reason = None

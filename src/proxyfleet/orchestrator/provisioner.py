@@ -44,7 +44,7 @@ class Provisioner(Protocol):
     async def release(self, engine_id: str) -> None: ...
     async def engines(self) -> list[Engine]: ...
     async def status(self) -> OrchestratorStatus: ...
-    async def stream_event(self, kind: str, payload: dict[str, Any], request_id: str) -> None: ...
+    async def stream_event(self, kind: str, payload: dict[str, Any], request_id: str) -> object: ...
 
 
 class HttpProvisioner:
@@ -129,12 +129,14 @@ class HttpProvisioner:
             raise parse_refusal(status, data)
         return parse_status(data)
 
-    async def stream_event(self, kind: str, payload: dict[str, Any], request_id: str) -> None:
+    async def stream_event(self, kind: str, payload: dict[str, Any], request_id: str) -> object:
+        """Report a stream event; the orchestrator's answer (a start's: the stream's state)."""
         paths = self._config.paths
         path = paths.stream_started if kind == "started" else paths.stream_ended
         status, data = await self._call("POST", path, request_id, payload)
         if status >= 300:
             raise parse_refusal(status, data)
+        return data
 
 
 _INTERPRETERS = ("python", "sh", "bash", "node", "uv")
@@ -209,7 +211,7 @@ class CommandProvisioner:
     async def status(self) -> OrchestratorStatus:
         raise ProvisionerError("a command provisioner has no status", retryable=False)
 
-    async def stream_event(self, kind: str, payload: dict[str, Any], request_id: str) -> None:
+    async def stream_event(self, kind: str, payload: dict[str, Any], request_id: str) -> object:
         return None
 
 
