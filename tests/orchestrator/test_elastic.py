@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
+from tests import redisd
 from tests.conftest import Proc, Processes, run_cli
 
 KEY = "orch-key-SECRET-5150"
@@ -451,3 +452,28 @@ async def test_an_engine_the_orchestrator_drops_leaves_the_pool(
         status, _, _ = await chat(session, gateway, "after-vanish")
     assert status == 200
     await until(lambda: len(gateway.get_json("/admin/pool")["backends"]) == 2)
+
+
+async def test_a_fleet_sharing_redis_provisions_once_per_burst_and_sees_every_engine(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """Two gateways sharing one pool through Redis, each with a request that needs a backend
+    at the same moment: one provisioning call for the fleet (a lock in Redis), and the engine
+    it brought is in both gateways' pool; each request is served."""
+    redis = redisd.shared()
+    orch = procs.orchestrator("--api-key", KEY, "--fault", "slow=0.5")
+    store = {"redis": {"url": redis.url, "key_prefix": redisd.prefix()}}
+    config = write_config(
+        tmp_path, orchestrated(orch, max_backends=4), max_concurrency=2, store=store
+    )
+    first, second = (procs.gateway("--config", str(config)) for _ in range(2))
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(
+            chat(session, first, "burst-1"), chat(session, second, "burst-2")
+        )
+    assert [status for status, _, _ in results] == [200, 200]
+    stats = orch.get_json("/mock/stats")
+    assert stats["provision_requests"] == 1, stats  # one call for the fleet's burst
+    engines = [e["container_id"] for e in orch.get_json("/engines")]
+    for gateway in (first, second):
+        assert [b["id"] for b in gateway.get_json("/admin/pool")["backends"]] == engines

@@ -234,3 +234,12 @@ async def test_a_store_refuses_use_outside_its_lifecycle(make: StoreFactory) -> 
         pass
     with pytest.raises(StateError):
         await store.acquire("lru")
+
+
+async def test_a_lock_is_held_by_one_at_a_time(make: StoreFactory) -> None:
+    async with store_of(make) as store:
+        assert await store.try_lock("provision", 30.0)
+        assert not await store.try_lock("provision", 30.0)  # held
+        assert await store.try_lock("other", 30.0)  # locks are by name
+        await store.unlock("provision")
+        assert await store.try_lock("provision", 30.0)

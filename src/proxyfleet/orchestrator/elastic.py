@@ -16,6 +16,7 @@ why, requests that would need a backend get 503 ``provisioning_unauthorized`` wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -190,14 +191,21 @@ class Elastic:
             if not self._breaker.allow(now):  # half-open, and its one trial is out
                 await self._give_up(rid, None)
                 return
-            started = time.perf_counter()
-            try:
-                engine = await self._provisioner.provision(rid)
-            except ProvisionerError as exc:
-                if not await self._failed(rid, exc, attempt, time.perf_counter() - started):
+            async with self._pool.exclusive("provision", self._config.timeout + 5.0) as mine:
+                if not mine:  # another process of the fleet provisions: its engine joins the
+                    await asyncio.sleep(0.1)  # shared pool, and may be all that is wanted
+                    attempt -= 1
+                    if self._wanted():
+                        continue
                     return
-                continue
-            await self._landed(rid, engine, attempt, time.perf_counter() - started)
+                started = time.perf_counter()
+                try:
+                    engine = await self._provisioner.provision(rid)
+                except ProvisionerError as exc:
+                    if not await self._failed(rid, exc, attempt, time.perf_counter() - started):
+                        return
+                    continue
+                await self._landed(rid, engine, attempt, time.perf_counter() - started)
             if not self._wanted():
                 return
             attempt = 0
@@ -304,7 +312,8 @@ class Elastic:
             engine.id, engine.url, (), self._cap, f"{origin}:{self._provisioner.name}"
         )
         self._members[engine.id] = _Member(engine, origin, time.monotonic())
-        await self._pool.add_backend(spec)
+        with contextlib.suppress(ValueError):  # another process of the fleet added it first
+            await self._pool.add_backend(spec)
 
     async def _adopt(self) -> None:
         started = time.perf_counter()

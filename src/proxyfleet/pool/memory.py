@@ -87,6 +87,7 @@ class MemoryStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.stale_releases = 0  # releases refused: already settled, or a token not ours
+        self._locks: dict[str, float] = {}  # name → until when it is held
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -161,6 +162,16 @@ class MemoryStore:
 
     async def snapshot(self) -> list[BackendStatus]:
         return self.snapshot_now()
+
+    async def try_lock(self, name: str, ttl: float) -> bool:
+        now = self._now()
+        if self._locks.get(name, 0.0) > now:
+            return False
+        self._locks[name] = now + ttl
+        return True
+
+    async def unlock(self, name: str) -> None:
+        self._locks.pop(name, None)
 
     # -- synchronous core ------------------------------------------------------------------------
     def acquire_now(

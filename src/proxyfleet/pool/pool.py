@@ -16,10 +16,11 @@ this process's own: the store deals in backend ids.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -405,6 +406,17 @@ class Pool:
 
     async def snapshot(self) -> list[BackendStatus]:
         return await self._store.snapshot()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str, ttl: float) -> AsyncIterator[bool]:
+        """``async with pool.exclusive(name, ttl) as mine:`` the store's lock ``name``
+        (fleet-wide for a shared store): ``mine`` is False while another holds it."""
+        mine = await self._store.try_lock(name, ttl)
+        try:
+            yield mine
+        finally:
+            if mine:
+                await self._store.unlock(name)
 
     @property
     def waiting(self) -> int:

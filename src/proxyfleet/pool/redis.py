@@ -169,6 +169,7 @@ class RedisStore:
                 "REMOVE",
                 "DRAIN",
                 "RESTORE",
+                "UNLOCK",
             )
         }
         self._snapshot_script = self._redis.register_script(lua.SNAPSHOT)
@@ -336,6 +337,20 @@ class RedisStore:
         except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
         return [_status_of(row, now) for row in rows]
+
+    async def try_lock(self, name: str, ttl: float) -> bool:
+        self._check_open()
+        assert self._redis is not None
+        key = f"{self._prefix}:lock:{name}"
+        try:
+            taken = await self._redis.set(key, self.process, nx=True, px=max(1, int(ttl * 1000)))
+        except _REDIS_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        return bool(taken)
+
+    async def unlock(self, name: str) -> None:
+        with contextlib.suppress(StoreUnavailable):  # it expires by itself
+            await self._call("UNLOCK", name, self.process)
 
     # -- internals ---------------------------------------------------------------------------
     def _check_open(self, opening: bool = False) -> None:

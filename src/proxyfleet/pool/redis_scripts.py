@@ -14,6 +14,7 @@ Keys, under the store's prefix ``P``::
     P:exp        zset   "<id>:<token>" → when the lease expires unless its holder renews it
     P:procs      zset   process id → its last heartbeat (unix time)
     P:token, P:seq, P:size, P:cursor, P:stale, P:expired   counters
+    P:lock:<name> the process holding a fleet-wide lock (elastic provisioning), with a ttl
     P:epoch      when the pool was first opened: gone means Redis restarted empty, and each
                  process opens the pool again and restores the leases it holds
 
@@ -34,6 +35,7 @@ __all__ = [
     "REMOVE",
     "RESTORE",
     "SNAPSHOT",
+    "UNLOCK",
 ]
 
 _COMMON = r"""
@@ -392,4 +394,11 @@ for _, id in ipairs(redis.call('ZRANGE', p .. ':index', 0, -1)) do
                    redis.call('HVALS', p .. ':l:' .. id)}
 end
 return out
+"""
+
+#: ARGV: prefix, name, process. Deletes the lock only if this process holds it.
+UNLOCK = r"""
+local key = ARGV[1] .. ':lock:' .. ARGV[2]
+if redis.call('GET', key) == ARGV[3] then return redis.call('DEL', key) end
+return 0
 """

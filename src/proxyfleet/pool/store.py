@@ -126,3 +126,13 @@ class PoolStore(Protocol):
         ...
 
     async def snapshot(self) -> list[BackendStatus]: ...
+
+    async def try_lock(self, name: str, ttl: float) -> bool:
+        """Take the lock ``name`` for this process (for at most ``ttl`` seconds, so a holder
+        that dies frees it); False while another holds it. One per pool: across processes
+        for a shared store (elastic provisioning runs once at a time fleet-wide)."""
+        ...
+
+    async def unlock(self, name: str) -> None:
+        """Give back ``name`` if this process holds it."""
+        ...
