@@ -54,7 +54,34 @@ def test_port_zero_picks_a_free_port_that_accepts() -> None:
         _talks("127.0.0.1", port, socket.AF_INET)
         conn, _ = sock.accept()
         conn.close()
-        assert sock.get_inheritable()  # handed to the gateway's worker as it is
+
+
+_OPEN_FDS = """
+import os
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        print(os.readlink(f"/proc/self/fd/{fd}"))
+    except FileNotFoundError:  # the directory listing's own descriptor, closed by now
+        pass
+"""
+
+
+def test_a_listening_socket_never_crosses_into_a_child_process() -> None:
+    """Not even one started by a spawner that passes on every inheritable descriptor (uvloop,
+    under which the gateway starts MCP servers, has no close_fds): a process the child starts
+    would hold the port after the gateway is gone."""
+    with bound("127.0.0.1", 0) as sock:
+        assert not sock.get_inheritable()
+        seen = subprocess.run(
+            [sys.executable, "-c", _OPEN_FDS],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            close_fds=False,
+            stdin=subprocess.DEVNULL,
+            check=True,
+        ).stdout
+        assert f"socket:[{os.fstat(sock.fileno()).st_ino}]" not in seen
 
 
 def test_two_port_zero_binds_get_different_ports() -> None:

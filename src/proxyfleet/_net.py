@@ -32,7 +32,8 @@ def raise_fd_limit(wanted: int = WANTED_FDS) -> int:
 
 
 def bind(host: str, port: int, what: str = "gateway") -> socket.socket:
-    """A listening socket, or a ListenError that says what is wrong and what to do."""
+    """A listening socket (never inherited by child processes), or a ListenError that says
+    what is wrong and what to do."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         sock = socket.create_server((host, port), family=family, backlog=4096)
@@ -45,5 +46,7 @@ def bind(host: str, port: int, what: str = "gateway") -> socket.socket:
         if exc.errno == errno.EACCES:
             raise ListenError(f"{what}: not allowed to listen on {host}:{port}") from exc
         raise ListenError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.set_inheritable(True)
+    # Not inheritable (Python's default, kept): the gateway serves it in this process, and a
+    # process started under uvloop (which has no close_fds) would otherwise hold the port
+    # after the gateway is gone, taking connections it never answers.
     return sock

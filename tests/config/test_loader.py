@@ -184,3 +184,68 @@ def test_proxyfleet_config_masks_url_passwords_and_keys(tmp_path: Path) -> None:
     assert "hunter2pass" not in result.stdout
     assert "sk-abcdefghijklmnop" not in result.stdout
     assert "api.example.com" in result.stdout
+
+
+# -- an MCP server command is checked at load, where it can be ------------------------------------
+
+
+def _mcp(path: Path, command: list[str], **upstream: object) -> Path:
+    config = {"mcp": [{"path": "/tools", "upstream": {"command": command, **upstream}}]}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _programs(tmp_path: Path) -> Path:
+    """A directory with a program (``fine-server``) and a file that is not one
+    (``not-a-program``)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "fine-server").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "fine-server").chmod(0o755)
+    (bin_dir / "not-a-program").write_text("just text\n")
+    (bin_dir / "not-a-program").chmod(0o644)
+    return bin_dir
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        (["no-such-mcp-server"], "'no-such-mcp-server' is not found on PATH ({bin})"),
+        (["/no/such/mcp-server", "--flag"], "'/no/such/mcp-server' does not exist"),
+        (["{bin}/not-a-program"], "'{bin}/not-a-program' is not executable"),
+        (["{bin}"], "'{bin}' is a directory, not a program"),
+        (["not-a-program"], "'not-a-program' is not found on PATH ({bin})"),
+    ],
+)
+def test_an_mcp_command_that_cannot_run_is_a_config_error(
+    tmp_path: Path, command: list[str], reason: str
+) -> None:
+    bin_dir = _programs(tmp_path)
+    file = _mcp(tmp_path / "c.yaml", [part.format(bin=bin_dir) for part in command])
+    with pytest.raises(ConfigError) as caught:
+        load_config(file, env={"PATH": str(bin_dir)})
+    assert (caught.value.source, caught.value.field) == (str(file), "mcp[0].upstream.command")
+    assert caught.value.reason == reason.format(bin=bin_dir)
+
+
+def test_an_mcp_command_is_looked_up_as_its_child_will(tmp_path: Path) -> None:
+    bin_dir = _programs(tmp_path)
+    found = load_config(_mcp(tmp_path / "a.yaml", ["fine-server"]), env={"PATH": str(bin_dir)})
+    assert found.mcp[0].upstream.command == ("fine-server",)
+    # the route's own PATH is the one its children search
+    own = _mcp(tmp_path / "b.yaml", ["fine-server"], env={"PATH": str(bin_dir)})
+    assert load_config(own, env={"PATH": str(tmp_path)}).mcp[0].upstream.command[0] == "fine-server"
+    # a relative path is the child's: from its cwd
+    (tmp_path / "work").mkdir()
+    relative = _mcp(tmp_path / "c.yaml", ["../bin/fine-server"], cwd=str(tmp_path / "work"))
+    assert load_config(relative, env={"PATH": ""}).mcp[0].upstream.cwd == tmp_path / "work"
+    # without an environment to search, a bare name cannot be checked: it is let through
+    assert load_config(_mcp(tmp_path / "d.yaml", ["no-such-mcp-server"])).mcp
+
+
+def test_proxyfleet_config_refuses_an_mcp_command_that_does_not_exist(tmp_path: Path) -> None:
+    file = _mcp(tmp_path / "c.yaml", ["no-such-mcp-server-anywhere"])
+    result = run_cli("config", "--config", str(file))
+    assert result.returncode == 2
+    where = f"{file}: mcp[0].upstream.command: "
+    assert where + "'no-such-mcp-server-anywhere' is not found on PATH" in result.stderr

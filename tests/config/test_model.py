@@ -145,6 +145,25 @@ def test_every_plain_field_is_in_the_readme_table() -> None:
     assert not missing, missing
 
 
+def _readme_mcp_fields() -> set[str]:
+    """Every field a row of the README's table names under ``mcp[]``, defaults or not
+    (```mcp[].upstream.command` / `env` / `cwd``` names three)."""
+    named = set()
+    for line in README.read_text().splitlines():
+        first = line.strip().strip("|").split("|")[0].strip()
+        fields = re.findall(r"`([a-z_.\[\]]+)`", first)
+        if not fields or not fields[0].startswith("mcp[]."):
+            continue
+        head = fields[0].rsplit(".", 1)[0]
+        named |= {fields[0], *(f"{head}.{name}" for name in fields[1:])}
+    return named
+
+
+def test_every_mcp_route_field_is_in_the_readme_table() -> None:
+    missing = sorted(set(_leaves(McpRouteConfig, "mcp[].")) - _readme_mcp_fields())
+    assert not missing, missing
+
+
 # -- strictness -----------------------------------------------------------------------------
 
 
@@ -218,6 +237,7 @@ def test_literal_choices(
         (DebugConfig, {"flush_interval": 61}, "flush_interval"),
         (BackendConfig, {"id": "has space"}, "id"),
         (BackendConfig, {"id": ""}, "id"),
+        (McpRouteConfig, {"upstream": {"command": ["x"]}, "request_timeout": 0}, "request_timeout"),
     ],
 )
 def test_bounds(model: type[BaseModel], data: dict[str, Any], where: str) -> None:
@@ -301,6 +321,13 @@ def test_mcp_paths_refused(path: str, reason: str) -> None:
 def test_mcp_default_path() -> None:
     route = McpRouteConfig(upstream=McpUpstreamConfig(url="http://127.0.0.1:8931/mcp"))
     assert route.path == "/mcp"
+
+
+def test_mcp_requests_are_bounded_in_time_by_default() -> None:
+    route = McpRouteConfig(upstream=McpUpstreamConfig(command=("srv",)))
+    assert route.request_timeout == 300
+    field = McpRouteConfig.model_fields["request_timeout"]
+    assert field.description  # what it does is said where it is defined
 
 
 @pytest.mark.parametrize(

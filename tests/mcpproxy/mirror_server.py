@@ -2,11 +2,12 @@
 behaviour a test can ask for, for the tests of children, sessions and routes:
 
     python tests/mcpproxy/mirror_server.py [--delay S] [--stderr TEXT] [--ignore-eof]
-                                           [--ignore-term] [--name NAME]
+                                           [--ignore-term] [--name NAME] [--fail-if PATH]
 
 ``--delay``: sleep before reading stdin (a slow start-up); ``--stderr``: write a line to stderr
 at start; ``--ignore-eof``: keep running when stdin closes; ``--ignore-term``: ignore SIGTERM;
-``--name``: the ``serverInfo`` name. Requests (by method):
+``--name``: the ``serverInfo`` name; ``--fail-if``: exit at once with code 1 (and a line on
+stderr) while PATH exists, as a server that cannot start does. Requests (by method):
 
 - ``ping``: ``{}``; ``initialize``: a minimal MCP answer;
 - ``whoami``: ``{"pid", "cwd", "env": {name: value}}`` for the names in ``params.env``;
@@ -16,7 +17,10 @@ at start; ``--ignore-eof``: keep running when stdin closes; ``--ignore-term``: i
 - ``slow``: the answer after ``params.seconds``, without holding other requests up;
 - ``silent``: no answer at all; ``raw``: ``{"line": the request line exactly as it came}``;
 - ``garbage``: lines that are not JSON-RPC (and a blank one), then the answer;
-- ``spawn``: starts ``sleep 60`` (in this process group) and answers its pid;
+- ``spawn``: starts ``sleep 60`` (in this process group, or in a session of its own with
+  ``params.own_session``), which keeps this server's stdin, stdout and stderr, and answers its
+  pid;
+- ``heard``: ``{"notifications": [...]}``, every notification received so far;
 - ``exit``: writes ``params.stderr`` to stderr and exits with ``params.code``;
 - anything else: ``{"method", "params"}``.
 
@@ -36,6 +40,7 @@ import time
 from typing import Any
 
 _lock = threading.Lock()
+_heard: list[dict[str, Any]] = []  # the notifications received
 
 
 def write(message: dict[str, Any]) -> None:
@@ -91,7 +96,8 @@ def _garbage(ident: Any, params: dict[str, Any]) -> None:
 
 
 def _spawn(ident: Any, params: dict[str, Any]) -> None:
-    grandchild = subprocess.Popen(["sleep", "60"])
+    own = bool(params.get("own_session"))
+    grandchild = subprocess.Popen(["sleep", "60"], start_new_session=own)
     answer(ident, {"pid": grandchild.pid})
 
 
@@ -112,6 +118,7 @@ _METHODS = {
     "silent": lambda ident, params: None,
     "garbage": _garbage,
     "spawn": _spawn,
+    "heard": lambda ident, params: answer(ident, {"notifications": _heard}),
     "exit": _exit,
 }
 
@@ -124,7 +131,7 @@ def handle(raw: str, name: str) -> None:
     if method is None:  # a response from the client
         write({"jsonrpc": "2.0", "method": "notifications/answered", "params": message})
     elif ident is None:  # a notification
-        return
+        _heard.append(message)
     elif method == "initialize":
         _initialize(ident, params, name)
     elif method == "raw":
@@ -142,7 +149,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--ignore-eof", action="store_true")
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--name", default="mirror")
+    parser.add_argument("--fail-if")
     args = parser.parse_args(argv)
+    if args.fail_if and os.path.exists(args.fail_if):
+        sys.stderr.write(f"cannot start: {args.fail_if} exists\n")
+        sys.stderr.flush()
+        sys.exit(1)
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.stderr:

@@ -69,14 +69,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def gateway(procs: Processes, tmp: Path, upstream: str | None = None, **route: Any) -> Proc:
-    """The gateway with one MCP route to the test server: a stdio child per session, or the
-    server at ``upstream`` (a URL)."""
-    target = {"url": upstream} if upstream else {"command": [sys.executable, SERVER]}
+def gateway(
+    procs: Processes,
+    tmp: Path,
+    upstream: str | None = None,
+    *,
+    command: list[str] | None = None,
+    flags: tuple[str, ...] = (),
+    **route: Any,
+) -> Proc:
+    """The gateway with one MCP route: a stdio child per session of ``command`` (the test
+    server when not given), or the server at ``upstream`` (a URL); ``flags`` go to ``serve``."""
+    target = {"url": upstream} if upstream else {"command": command or [sys.executable, SERVER]}
     config = {"mcp": [{"path": "/mcp", "upstream": target, **route}]}
     path = tmp / "mcp.yaml"
     path.write_text(yaml.safe_dump(config))
-    return procs.gateway("--config", str(path))
+    return procs.gateway("--config", str(path), *flags)
 
 
 def url(proc: Proc) -> str:
@@ -230,3 +238,89 @@ def mcp_like(**answers: Callable[[dict[str, Any]], web.Response]) -> Any:
         return json_answer({"jsonrpc": "2.0", "id": ident, "result": {"method": method}})
 
     return handle
+
+
+# -- one MCP session over raw HTTP, on either transport -------------------------------------
+
+TRANSPORTS = ("streamable-http", "sse")
+
+
+class RawSession:
+    """One session on an MCP route over raw HTTP, streamable or legacy SSE alike, so that one
+    test runs on both: ``async with RawSession(http, where, transport) as session:``, then
+    ``status, answer = await session.call(message)``. On SSE the status is the POST's (202
+    is shown as 200) and the answer comes from the stream; the stream ending without it
+    raises :class:`StreamEnded`."""
+
+    def __init__(self, http: aiohttp.ClientSession, where: str, transport: str) -> None:
+        self.http = http
+        self.where = where
+        self.sse = transport == "sse"
+        self.id = ""
+        self._post_to = where
+        self._stream: aiohttp.ClientResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._answers: dict[Any, asyncio.Future[Any]] = {}
+        self.ended = asyncio.Event()
+
+    async def __aenter__(self) -> RawSession:
+        if self.sse:
+            self._stream = await self.http.get(self.where + "/sse")
+            assert self._stream.status == 200
+            assert await self._stream.content.readline() == b"event: endpoint\n"
+            endpoint = (await self._stream.content.readline()).decode().removeprefix("data: ")
+            root = self.where.split("/", 3)
+            self._post_to = "/".join(root[:3]) + endpoint.strip()
+            self.id = self._post_to.rsplit("=", 1)[1]
+            self._reader = asyncio.ensure_future(self._read())
+            status, answer = await self.call(INIT)
+        else:
+            status, headers, answer = await post(self.http, self.where, INIT)
+            self.id = headers["mcp-session-id"]
+        assert status == 200, answer
+        await self.call(INITIALIZED)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._stream is not None:
+            self._stream.close()
+
+    async def _read(self) -> None:
+        assert self._stream is not None
+        try:
+            while row := await self._stream.content.readline():
+                for message in sse_messages(row):
+                    waiting = self._answers.pop(message.get("id"), None)
+                    if waiting is not None and "method" not in message:
+                        waiting.set_result(message)
+        except aiohttp.ClientError:
+            pass
+        finally:
+            self.ended.set()
+            for waiting in self._answers.values():
+                waiting.set_exception(StreamEnded("the SSE stream ended without the answer"))
+
+    async def call(self, message: dict[str, Any]) -> tuple[int, Any]:
+        """Send a message; the HTTP status and the answer to it (None for a notification)."""
+        if not self.sse:
+            status, _, body = await post(
+                self.http, self.where, message, {"Mcp-Session-Id": self.id}
+            )
+            if isinstance(body, bytes) and body:  # an SSE answer: the response is its last event
+                body = next(m for m in sse_messages(body) if m.get("id") == message.get("id"))
+            return status, body or None
+        answer: asyncio.Future[Any] | None = None
+        if "id" in message and "method" in message:
+            answer = asyncio.get_running_loop().create_future()
+            self._answers[message["id"]] = answer
+        async with self.http.post(self._post_to, json=message) as response:
+            if response.status != 202:
+                self._answers.pop(message.get("id"), None)
+                return response.status, await response.json()
+        return 200, None if answer is None else await answer
+
+
+class StreamEnded(Exception):
+    pass

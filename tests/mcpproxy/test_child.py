@@ -1,26 +1,44 @@
 """One stdio MCP server process (:mod:`proxyfleet.mcpproxy.child`), real processes only: the
 mirror server (tests/mcpproxy/mirror_server.py) and the mcp SDK server. Start, messages both
 ways, bad lines, how an exit is described, the stop sequence (stdin, SIGTERM, SIGKILL) to the
-whole process group, reaping, env and cwd."""
+whole process group, reaping, env and cwd; what crosses into a child (its stdio alone), and an
+exit seen though a process the server started keeps its pipes open. End to end too: a gateway
+killed with SIGKILL leaves its port to the next one."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+import uvloop
 
 from proxyfleet.errors import UpstreamGone
 from proxyfleet.mcpproxy.child import Child
 from proxyfleet.mcpproxy.jsonrpc import Kind, Message
-from tests.mcpproxy.support import INIT, SERVER, alive, line, mirror, reaped, request, until
+from tests.conftest import Processes
+from tests.mcpproxy.support import (
+    INIT,
+    SERVER,
+    alive,
+    gateway,
+    line,
+    mirror,
+    raw_post,
+    reaped,
+    request,
+    until,
+)
 
 
 class Watched:
@@ -213,3 +231,119 @@ async def test_a_command_that_does_not_exist_fails_to_start() -> None:
         watched.child.send(b"{}")
     await watched.child.stop(1.0)  # nothing to stop: returns at once
     assert watched.exits == []
+
+
+# -- what crosses into a child -------------------------------------------------------------------
+
+
+def test_only_stdin_stdout_and_stderr_cross_into_a_child() -> None:
+    """Under uvloop, as in the gateway (it has no close_fds): a descriptor of the proxy marked
+    inheritable (a listening socket, say) and the pipes of the child started before never
+    reach a child; a process the server starts would hold them after the proxy is gone."""
+    inheritable = socket.create_server(("127.0.0.1", 0))
+    inheritable.set_inheritable(True)
+
+    async def scenario() -> list[list[str]]:
+        children = [Watched(mirror()) for _ in range(2)]
+        try:
+            for watched in children:
+                await watched.child.start()
+            for watched in children:
+                await watched.ask(request(1, "ping"))
+            return [sorted(os.listdir(f"/proc/{w.child.pid}/fd"), key=int) for w in children]
+        finally:
+            for watched in children:
+                await watched.child.stop(1.0)
+
+    try:
+        seen = uvloop.run(scenario())
+    finally:
+        inheritable.close()
+    assert seen == [["0", "1", "2"], ["0", "1", "2"]]
+
+
+def _port(root: str) -> int:
+    return int(root.rsplit(":", 1)[1])
+
+
+def _refused(port: int) -> bool:
+    """A connection to the port is refused at once: nothing listens there any more (a port
+    held by a process that never accepts would take the connection and leave it hanging)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+async def test_a_gateway_killed_leaves_its_port_to_the_next(
+    procs: Processes, tmp_path: Path
+) -> None:
+    gw = gateway(procs, tmp_path, command=mirror())
+    async with aiohttp.ClientSession() as http:
+        status, headers, _ = await raw_post(http, gw, INIT)
+        assert status == 200
+        session = {"Mcp-Session-Id": headers["mcp-session-id"]}
+        status, _, body = await raw_post(http, gw, request(2, "spawn"), session)
+        assert status == 200
+    grandchild = body["result"]["pid"]  # in the server's process group: it outlives the gateway
+    [described] = gw.get_json("/admin/sessions")["routes"][0]["sessions"]
+    server = described["upstream_pid"]
+    port = _port(gw.root)
+    gw.stop(signal.SIGKILL)  # no chance to stop its children
+    try:
+        assert alive(grandchild)
+        assert _refused(port)
+        again = gateway(procs, tmp_path, command=mirror(), flags=("--port", str(port)))
+        assert _port(again.root) == port
+        assert again.get_json("/live") == {"status": "alive"}
+    finally:
+        for pid in (server, grandchild):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# -- an exit seen for what it is -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("own_session", [False, True], ids=["in-its-group", "in-its-own-session"])
+async def test_an_exit_is_seen_though_a_process_the_server_started_keeps_its_pipes(
+    start: Any, own_session: bool
+) -> None:
+    watched = await start(mirror("--stderr", "started"))
+    child = watched.child
+    spawned = await watched.ask(request(1, "spawn", own_session=own_session))
+    grandchild = spawned["result"]["pid"]
+    try:
+        os.kill(child.pid, signal.SIGKILL)  # the server alone: what it started holds its stdout
+        await until(lambda: watched.exits, timeout=15)
+        assert watched.exits == [child]
+        assert child.returncode == -signal.SIGKILL
+        assert not child.alive
+        assert reaped(child.pid)
+        assert child.describe_exit() == (
+            f"the MCP server (pid {child.pid}) was killed by signal 9; last stderr: started"
+        )
+        with pytest.raises(UpstreamGone, match="killed by signal 9"):
+            child.send(line(request(2, "ping")))
+        if not own_session:  # what it left in its process group went with it
+            await until(lambda: not alive(grandchild), timeout=5)
+        await child.stop(1.0)
+        assert watched.exits == [child]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)
+
+
+async def test_an_exit_is_seen_where_the_system_has_no_pidfds(
+    start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "pidfd_open")  # as on kernels before 5.3, or other systems
+    watched = await start(mirror())
+    child = watched.child
+    grandchild = (await watched.ask(request(1, "spawn")))["result"]["pid"]
+    os.kill(child.pid, signal.SIGKILL)
+    await until(lambda: watched.exits, timeout=15)
+    assert child.returncode == -signal.SIGKILL
+    assert reaped(child.pid)
+    await until(lambda: not alive(grandchild), timeout=5)  # its group went with it

@@ -2,12 +2,16 @@
 ``McpHttp`` served by uvicorn on 127.0.0.1 in the test's loop, the mirror server behind it,
 raw HTTP in front. POST answers (JSON, SSE, 202), GET streams, DELETE, the legacy SSE
 transport, refusals and their JSON-RPC bodies, a client that leaves. End to end too: the real
-``mcp`` SDK client through the gateway CLI to the SDK server."""
+``mcp`` SDK client through the gateway CLI to the SDK server; and, the same on both transports,
+a request waiting on a server that dies (its pipes held open or not), a request that times out,
+the requests in flight, and JSON-RPC ids beyond 64 bits."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +21,7 @@ import aiohttp
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
+from mcp.shared.exceptions import MCPError
 
 from proxyfleet.config.model import McpRouteConfig
 from proxyfleet.mcpproxy.http import McpHttp
@@ -26,7 +31,9 @@ from tests.mcpproxy.support import (
     ACCEPT,
     INIT,
     INITIALIZED,
+    TRANSPORTS,
     Notes,
+    RawSession,
     alive,
     gateway,
     mirror,
@@ -469,3 +476,120 @@ async def test_server_initiated_messages_reach_the_get_stream(
         await until(lambda: notes.seen == ["later:t1"], timeout=10)
         session = gw.get_json("/admin/sessions")["routes"][0]["sessions"][0]
         assert session["stream_open"] is True
+
+
+# -- end to end, the same on both transports: a server that dies, a request that times out ------
+
+
+def _session_of(gw: Any, session_id: str) -> dict[str, Any]:
+    """The session as ``/admin/sessions`` shows it, open or ended."""
+    route = gw.get_json("/admin/sessions")["routes"][0]
+    return next(s for s in route["sessions"] + route["ended"] if s["id"] == session_id)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("holder", [False, True], ids=["alone", "pipes-held-open"])
+async def test_a_request_waiting_on_a_server_that_dies_gets_an_error(
+    procs: Processes, tmp_path: Path, transport: str, holder: bool
+) -> None:
+    gw = gateway(procs, tmp_path, command=mirror())
+    async with aiohttp.ClientSession() as http, RawSession(http, url(gw), transport) as session:
+        if holder:  # a process the server started keeps its stdout open after it is gone
+            _, spawned = await session.call(request(2, "spawn"))
+            assert "pid" in spawned["result"]
+        waiting = asyncio.ensure_future(session.call(request(3, "silent")))
+        await until(lambda: _session_of(gw, session.id)["in_flight"] == 1)
+        described = _session_of(gw, session.id)
+        assert (described["state"], described["upstream_alive"]) == ("active", True)
+        pid = described["upstream_pid"]
+        os.kill(pid, signal.SIGKILL)
+        status, answer = await asyncio.wait_for(waiting, 30)
+        assert status == 200
+        assert answer == {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "error": {
+                "code": -32000,
+                "message": "the session's upstream is gone: "
+                f"the MCP server (pid {pid}) was killed by signal 9",
+                "data": {"session": session.id, "pid": str(pid)},
+            },
+        }
+        ended = _session_of(gw, session.id)
+        assert (ended["state"], ended["upstream_alive"], ended["in_flight"]) == ("dead", False, 0)
+        status, answer = await session.call(request(4, "ping"))
+        assert status == 404
+        assert answer["error"]["message"] == (
+            f"MCP session {session.id} has ended: the session's upstream is gone: "
+            f"the MCP server (pid {pid}) was killed by signal 9"
+        )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_request_without_an_answer_times_out_with_an_error(
+    procs: Processes, tmp_path: Path, transport: str
+) -> None:
+    gw = gateway(procs, tmp_path, command=mirror(), request_timeout=2)
+    async with aiohttp.ClientSession() as http, RawSession(http, url(gw), transport) as session:
+        waiting = asyncio.ensure_future(session.call(request(2, "silent")))
+        await until(lambda: _session_of(gw, session.id)["in_flight"] == 1)
+        status, answer = await asyncio.wait_for(waiting, 30)
+        pid = _session_of(gw, session.id)["upstream_pid"]
+        assert status == 200
+        assert answer == {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "error": {
+                "code": -32001,
+                "message": "the MCP server of route /mcp did not answer request 2 within 2 s "
+                "(request_timeout); the request is cancelled",
+                "data": {"session": session.id, "pid": str(pid)},
+            },
+        }
+        assert _session_of(gw, session.id)["in_flight"] == 0
+        # the session goes on, and its server was asked to cancel the request
+        status, answer = await session.call(request(3, "heard"))
+        assert status == 200
+        cancels = [
+            n["params"]["requestId"]
+            for n in answer["result"]["notifications"]
+            if n["method"] == "notifications/cancelled"
+        ]
+        assert cancels == [2]
+        assert _session_of(gw, session.id)["state"] == "active"
+
+
+async def test_an_sdk_client_on_sse_gets_the_error_when_its_server_dies(
+    procs: Processes, tmp_path: Path
+) -> None:
+    gw = gateway(procs, tmp_path)
+    async with Client(sse_client(url(gw) + "/sse"), mode="legacy") as client:  # type: ignore[arg-type]
+        pid = int((await client.call_tool("whoami", {})).content[0].text)  # type: ignore[union-attr]
+        with pytest.raises(MCPError, match=rf"the MCP server \(pid {pid}\) exited with code 3"):
+            await client.call_tool("crash", {})
+
+
+# -- JSON-RPC ids beyond 64 bits, end to end -----------------------------------------------------
+
+_BIG_IDS = [2**63, 2**64 + 1, -(2**63) - 1, 10**30]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_ids_beyond_64_bits_come_back_exactly(
+    procs: Processes, tmp_path: Path, transport: str
+) -> None:
+    gw = gateway(procs, tmp_path, command=mirror())
+    async with aiohttp.ClientSession() as http, RawSession(http, url(gw), transport) as session:
+        for ident in _BIG_IDS:
+            status, answer = await session.call(request(ident, "ping"))
+            assert (status, answer) == (200, {"jsonrpc": "2.0", "id": ident, "result": {}})
+        if transport == "streamable-http":  # a batch: each item keeps its id too
+            batch = [request(ident, "ping") for ident in _BIG_IDS]
+            status, _, body = await post(http, url(gw), batch, {"Mcp-Session-Id": session.id})
+            assert status == 200
+            assert sorted(m["id"] for m in sse_messages(body)) == sorted(_BIG_IDS)
+        # the proxy's own error answers carry such an id too: the server dies on this request
+        status, answer = await session.call(request(10**30 + 1, "exit", code=3))
+        assert status == 200
+        assert answer["id"] == 10**30 + 1
+        assert "exited with code 3" in answer["error"]["message"]

@@ -1,9 +1,10 @@
 """JSON-RPC 2.0 as the MCP proxy reads it (:mod:`proxyfleet.mcpproxy.jsonrpc`): what kind a
-message is, which ones are refused with which code, POST bodies and batches, error bodies.
-Pure functions: no sockets, no processes."""
+message is, which ones are refused with which code, POST bodies and batches, error bodies and
+cancellations, ids beyond 64 bits kept exact. Pure functions: no sockets, no processes."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from proxyfleet.mcpproxy.jsonrpc import (
     SERVER_ERROR,
     Kind,
     Message,
+    cancelled,
     error_body,
     parse_body,
     parse_line,
@@ -143,6 +145,28 @@ def test_a_batch_item_keeps_its_numbers() -> None:
     item = b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"n":123456789012345678901234567890}}'
     [message] = parse_body(b"[" + item + b"]")
     assert b"123456789012345678901234567890" in message.raw
+
+
+@pytest.mark.parametrize("ident", [2**63, 2**64 - 1, 2**64 + 1, -(2**63) - 1, 10**30])
+def test_ids_beyond_64_bits_are_read_exactly(ident: int) -> None:
+    raw = b'{"jsonrpc":"2.0","id":%d,"method":"ping"}' % ident
+    assert parse_line(raw) == Message(Kind.REQUEST, raw, ident, "ping")
+    assert parse_body(raw) == [Message(Kind.REQUEST, raw, ident, "ping")]
+    [item] = parse_body(b"[" + raw + b"]")
+    assert (item.id, item.raw) == (ident, raw)
+    answer = b'{"jsonrpc":"2.0","id":%d,"result":{}}' % ident
+    assert parse_line(answer).id == ident  # the server's answer matches the request's id
+    error = error_body(ident, SERVER_ERROR, "gone")
+    assert b'"id":%d,' % ident in error  # written back as the number it was
+    assert parse_line(error).id == ident
+
+
+@pytest.mark.parametrize("ident", [7, "r-1", 2**64 + 1])
+def test_a_cancellation_names_its_request(ident: Any) -> None:
+    notice = parse_line(cancelled(ident, "no answer within 2 s"))
+    assert (notice.kind, notice.method) == (Kind.NOTIFICATION, "notifications/cancelled")
+    params = {"requestId": ident, "reason": "no answer within 2 s"}
+    assert json.loads(notice.raw) == {"jsonrpc": "2.0", "method": notice.method, "params": params}
 
 
 @pytest.mark.parametrize(

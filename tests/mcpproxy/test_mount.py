@@ -94,12 +94,18 @@ async def test_entering_prestarts_and_leaving_stops_every_child() -> None:
         assert health["/b"]["prestarted"] == 0
         assert set(health["/a"]) == {
             "path",
+            "status",
+            "reason",
+            "failed_starts",
             "sessions",
             "dead_sessions",
             "upstream_deaths",
             "spawn_failures",
             "prestarted",
         }
+        assert health["/a"]["status"] == "ok"  # its prestarted servers answered
+        assert health["/b"]["status"] == "unknown"  # none started yet
+        assert mount.failing() == []
         session = await mount.endpoints[1].route.open_session("c")
         described = {d["path"]: d for d in mount.describe()}
         assert described["/a"]["upstream"] == sys.executable
@@ -108,6 +114,19 @@ async def test_entering_prestarts_and_leaving_stops_every_child() -> None:
         assert len(pids) == 3
     assert all(reaped(pid) for pid in pids)
     assert session.ended_reason == "the proxy is shutting down"
+
+
+async def test_failing_names_each_route_whose_server_cannot_start(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.touch()
+    mount = McpMount([route("/a", "--fail-if", str(broken), prestart=1), route("/b")], 1024)
+    async with mount:
+        [why] = mount.failing()
+        assert why.startswith("MCP route /a is failing: its server exits before answering: ")
+        assert why.endswith(f"exited with code 1; last stderr: cannot start: {broken} exists")
+        [health_a, health_b] = mount.health()
+        assert (health_a["status"], health_a["reason"]) == ("failing", why.split(": ", 1)[1])
+        assert health_b["status"] == "unknown"
 
 
 async def test_requests_reach_the_route_of_their_path(

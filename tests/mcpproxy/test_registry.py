@@ -1,15 +1,18 @@
 """The sessions of one MCP route (:mod:`proxyfleet.mcpproxy.registry`): a child per session,
 ``max_sessions`` and ``max_sessions_per_client``, idle expiry, prestarted children, the
 stateless generation's leased children, a child that dies or cannot start, the children's env,
-shutdown. In process against the mirror server, and end to end: the real ``mcp`` SDK client
-through the gateway CLI to the SDK server (tests/mcpproxy/server_app.py)."""
+shutdown; a route whose server cannot start reported failing (with why) until one answers, and
+the gateway unready meanwhile. In process against the mirror server, and end to end: the real
+``mcp`` SDK client through the gateway CLI to the SDK server (tests/mcpproxy/server_app.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+import urllib.error
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,6 @@ from proxyfleet.mcpproxy.registry import Route
 from proxyfleet.mcpproxy.session import Session, SessionState
 from tests.conftest import Processes
 from tests.mcpproxy.support import (
-    ACCEPT,
     INIT,
     SERVER,
     Notes,
@@ -306,6 +308,41 @@ async def test_stop_finishes_stopping_a_stateless_child() -> None:
         await asyncio.sleep(0.1)
 
 
+async def test_a_server_that_exits_at_once_makes_the_route_failing_until_one_answers(
+    make_route: MakeRoute, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.touch()
+    route = await make_route(command=mirror("--fail-if", str(broken)))
+    assert route.health()["status"] == "unknown"  # nothing started yet
+    session = await route.open_session("c")
+    pid = pid_of(session)
+    [error] = await ask(session, 1, "ping")
+    assert f"(pid {pid}) exited with code 1" in error["error"]["message"]
+    health = route.health()
+    assert health["status"] == "failing"
+    assert health["reason"] == (
+        f"its server exits before answering: the MCP server (pid {pid}) exited with code 1; "
+        f"last stderr: cannot start: {broken} exists"
+    )
+    broken.unlink()  # the server can start now: a re-check (after a second) sees it
+    await until(lambda: route.health()["status"] == "ok", timeout=15)
+    assert route.health()["reason"] is None
+    await until(lambda: my_children() == [], timeout=5)  # the re-check's child is stopped
+
+
+async def test_a_server_that_answered_before_it_died_leaves_the_route_ok(
+    make_route: MakeRoute,
+) -> None:
+    route = await make_route()
+    session = await route.open_session("c")
+    await ask(session, 1, "ping")
+    [error] = await ask(session, 2, "exit", code=5)
+    assert "exited with code 5" in error["error"]["message"]
+    health = route.health()
+    assert (health["status"], health["upstream_deaths"]) == ("ok", 1)  # it does start
+
+
 # -- end to end: the gateway CLI, the SDK client and server ------------------------------------
 
 
@@ -437,18 +474,53 @@ async def test_limits_idle_expiry_delete_and_bad_input(procs: Processes, tmp_pat
         assert status == 202
 
 
-async def test_a_missing_server_command_is_a_clear_error(procs: Processes, tmp_path: Path) -> None:
+async def test_a_missing_server_command_is_a_config_error(procs: Processes, tmp_path: Path) -> None:
     config = {"mcp": [{"path": "/tools", "upstream": {"command": ["/no/such/mcp-server"]}}]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    gw = procs.gateway("--config", str(tmp_path / "c.yaml"))
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(gw.root + "/tools", json=INIT, headers=ACCEPT) as r,
-    ):
-        assert r.status == 502
-        body = await r.json()
-    assert "cannot start the MCP server '/no/such/mcp-server'" in body["error"]["message"]
-    assert gw.get_json("/health")["mcp"][0]["spawn_failures"] == 1
+    served = procs.spawn("serve", "--port", "0", "--config", str(tmp_path / "c.yaml"))
+    assert served.popen.wait(30) == 2
+    assert f"{tmp_path / 'c.yaml'}: mcp[0].upstream.command: " in served.output()
+    assert "'/no/such/mcp-server' does not exist" in served.output()
+
+
+@pytest.mark.parametrize("prestart", [0, 1])
+async def test_a_route_whose_server_cannot_start_makes_the_gateway_unready(
+    procs: Processes, tmp_path: Path, prestart: int
+) -> None:
+    broken = tmp_path / "broken"
+    broken.touch()
+    gw = gateway(procs, tmp_path, command=mirror("--fail-if", str(broken)), prestart=prestart)
+    if not prestart:  # nothing was started yet: the first session finds out
+        assert gw.get_json("/health")["mcp"][0]["status"] == "unknown"
+        async with aiohttp.ClientSession() as http:
+            status, _, body = await raw_post(http, gw, INIT)
+        assert status == 200
+        assert "exited with code 1" in body["error"]["message"]
+    with pytest.raises(urllib.error.HTTPError) as ready:
+        gw.get_json("/ready")
+    assert ready.value.code == 503
+    answer = json.loads(ready.value.read())
+    assert answer["status"] == "unavailable"
+    assert answer["reason"].startswith("MCP route /mcp is failing: its server exits before")
+    assert answer["reason"].endswith(f"last stderr: cannot start: {broken} exists")
+    with pytest.raises(urllib.error.HTTPError) as health:
+        gw.get_json("/health")
+    assert health.value.code == 503
+    answer = json.loads(health.value.read())
+    assert answer["status"] == "unavailable"
+    [route] = answer["mcp"]
+    assert (route["path"], route["status"]) == ("/mcp", "failing")
+    assert route["reason"].endswith(f"last stderr: cannot start: {broken} exists")
+    broken.unlink()  # fixed: the route's re-check sees it, the gateway is ready again
+    await until(lambda: _ready(gw), timeout=20)
+    assert gw.get_json("/health")["mcp"][0]["status"] == "ok"
+
+
+def _ready(gw: Any) -> bool:
+    try:
+        return gw.get_json("/ready")["status"] == "ready"  # type: ignore[no-any-return]
+    except urllib.error.HTTPError:
+        return False
 
 
 async def test_per_client_limit_and_client_auth(procs: Processes, tmp_path: Path) -> None:

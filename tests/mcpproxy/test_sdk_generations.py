@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from tests.conftest import Proc, Processes
 
@@ -49,10 +50,10 @@ def _gateway(procs: Processes, tmp: Path, command: list[str]) -> Proc:
     return procs.gateway("--config", str(tmp / "mcp.yaml"))
 
 
-def _client_v1(uv: list[str], url: str, text: str) -> dict[str, object]:
+def _client_v1(uv: list[str], url: str, text: str, *flags: str) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXYFLEET_", "VIRTUAL_ENV"))}
     result = subprocess.run(
-        _sdk1(uv, CLIENT_V1, url, text),
+        _sdk1(uv, CLIENT_V1, url, text, *flags),
         capture_output=True,
         text=True,
         timeout=120,
@@ -102,3 +103,56 @@ async def test_sdk2_and_sdk1_clients_with_an_sdk1_server(procs: Processes, tmp_p
         pid = (await client.call_tool("whoami", {})).content[0].text  # type: ignore[union-attr]
     assert seen == ["note:new-old"]
     assert pid != outcome["pid"]
+
+
+# -- a session whose server died: what each generation's client does after it ----------------
+# Neither starts a new session by itself: the application sees the error, with the reason, on
+# that call and on every later one, and connects again for a new session.
+
+
+def _children_started(gw: Proc) -> int:
+    return gw.get_json("/admin/sessions")["routes"][0]["children_started"]  # type: ignore[no-any-return]
+
+
+async def test_an_sdk2_client_keeps_its_dead_session_until_it_connects_again(
+    procs: Processes, tmp_path: Path
+) -> None:
+    gw = _gateway(procs, tmp_path, [sys.executable, SERVER_V2])
+    async with Client(gw.root + "/mcp", mode="legacy") as client:
+        first = (await client.call_tool("whoami", {})).content[0].text  # type: ignore[union-attr]
+        died = rf"the session's upstream is gone: the MCP server \(pid {first}\) exited with code 3"
+        with pytest.raises(MCPError, match="^" + died):
+            await client.call_tool("crash", {})
+        for _ in range(2):  # the 404 of the ended session, with why, every time
+            with pytest.raises(MCPError, match=r"^MCP session [0-9a-f]{32} has ended: " + died):
+                await client.call_tool("whoami", {})
+    assert _children_started(gw) == 1  # it did not start a new session
+    async with Client(gw.root + "/mcp", mode="legacy") as again:  # connecting again does
+        second = (await again.call_tool("whoami", {})).content[0].text  # type: ignore[union-attr]
+    assert second != first
+    assert _children_started(gw) == 2
+
+
+@pytest.mark.parametrize(
+    ("transport", "later"),
+    [  # streamable HTTP: it reads the 404 as the end; SSE: the session's stream ended
+        ("streamable-http", ["McpError: Session terminated"] * 2),
+        ("sse", ["McpError: Connection closed", "ClosedResourceError: "]),
+    ],
+)
+async def test_an_sdk1_client_keeps_its_dead_session_until_it_connects_again(
+    procs: Processes, tmp_path: Path, transport: str, later: list[str]
+) -> None:
+    uv = _uv()
+    gw = _gateway(procs, tmp_path, [sys.executable, SERVER_V2])
+    where = gw.root + "/mcp" + ("/sse" if transport == "sse" else "")
+    outcome = await asyncio.to_thread(_client_v1, uv, where, "dies", "--crash")
+    pid = outcome["pid"]
+    assert outcome["after_crash"] == [
+        f"McpError: the session's upstream is gone: the MCP server (pid {pid}) exited with code 3",
+        *later,
+    ]
+    assert _children_started(gw) == 1  # it did not start a new session
+    again = await asyncio.to_thread(_client_v1, uv, where, "again")  # connecting again does
+    assert again["pid"] != pid
+    assert _children_started(gw) == 2

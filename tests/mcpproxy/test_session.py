@@ -1,7 +1,9 @@
 """A client session and its exchanges (:mod:`proxyfleet.mcpproxy.session`): responses to the
 POST waiting for their id, server messages to the oldest open exchange, else the GET stream,
 else the backlog; the legacy transport; a dead upstream; ending a session; what it describes.
-The upstream is a real stdio child (the mirror server)."""
+Requests bounded by ``request_timeout`` (an error, and the server asked to cancel), on both
+transports; a legacy session's waiting requests answered with errors on its stream and counted
+in flight. The upstream is a real stdio child (the mirror server)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import orjson
 import pytest
 
 from proxyfleet.mcpproxy.child import Child
-from proxyfleet.mcpproxy.jsonrpc import Message
+from proxyfleet.mcpproxy.jsonrpc import REQUEST_TIMEOUT, Message
 from proxyfleet.mcpproxy.session import Exchange, Session, SessionState
 from tests.mcpproxy.support import drain, mirror, msg, request, until
 
@@ -27,14 +29,14 @@ def _unrouted(message: Message) -> None:
 
 @pytest.fixture
 async def make() -> AsyncIterator[Make]:
-    """``session = await make(legacy=False)``: a session on its own mirror child."""
+    """``session = await make(legacy=False, **options)``: a session on its own mirror child."""
     children: list[Child] = []
 
-    async def open_session(legacy: bool = False) -> Session:
+    async def open_session(legacy: bool = False, **options: Any) -> Session:
         child = Child(mirror(), dict(os.environ), None, _unrouted, lambda _: None)
         await child.start()
         children.append(child)
-        session = Session(f"s{len(children)}", "client-a", child, legacy=legacy)
+        session = Session(f"s{len(children)}", "client-a", child, legacy=legacy, **options)
         child.on_message = session.deliver
         return session
 
@@ -227,3 +229,110 @@ def test_a_session_without_upstream_describes_itself() -> None:
     assert described["idle_seconds"] >= 0
     session.end(SessionState.CLOSED, "closed early")
     assert session.describe()["state"] == "closed"
+
+
+# -- a request bounded in time ------------------------------------------------------------------
+
+
+def pid_of(session: Session) -> int:
+    assert session.child is not None
+    assert session.child.pid is not None
+    return session.child.pid
+
+
+async def _heard(session: Session, ident: int) -> list[Any]:
+    """The notifications the mirror server received (asked without a time bound)."""
+    session.request_timeout = None
+    exchange = session.submit([msg(request(ident, "heard"))])
+    if exchange is None:  # legacy: the answer comes on the stream
+        assert session.stream is not None
+        answer = orjson.loads(await asyncio.wait_for(session.stream.get(), 5) or b"null")
+    else:
+        [answer] = await drain(exchange.queue)
+    return answer["result"]["notifications"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["streamable-http", "sse"])
+async def test_a_request_unanswered_in_time_gets_an_error_and_is_cancelled(
+    make: Make, legacy: bool
+) -> None:
+    session = await make(legacy=legacy, request_timeout=0.2, route="/tools")
+    stream = session.open_stream()
+    exchange = session.submit([msg(request(5, "silent")), msg(request(6, "slow", seconds=1.0))])
+    assert session.describe()["in_flight"] == 2
+    if legacy:
+        assert exchange is None
+        errors = [orjson.loads(await asyncio.wait_for(stream.get(), 5) or b"") for _ in range(2)]
+    else:
+        assert exchange is not None
+        errors = await drain(exchange.queue)
+    pid = str(pid_of(session))
+    assert sorted(errors, key=lambda e: e["id"]) == [
+        {
+            "jsonrpc": "2.0",
+            "id": ident,
+            "error": {
+                "code": REQUEST_TIMEOUT,
+                "message": f"the MCP server of route /tools did not answer request {ident} "
+                "within 0.2 s (request_timeout); the request is cancelled",
+                "data": {"session": session.id, "pid": pid},
+            },
+        }
+        for ident in (5, 6)
+    ]
+    assert session.describe()["in_flight"] == 0
+    assert not session.busy
+    assert session.state is SessionState.ACTIVE  # the session goes on
+    await until(lambda: session.messages_out == 1, timeout=5)  # the late answer to 6 came…
+    assert stream.empty()  # …and went nowhere
+    cancelled = [n for n in await _heard(session, 7) if n["method"] == "notifications/cancelled"]
+    assert sorted(n["params"]["requestId"] for n in cancelled) == [5, 6]
+    assert cancelled[0]["params"]["reason"].startswith("no answer within 0.2 s")
+
+
+async def test_an_answer_in_time_cancels_nothing(make: Make) -> None:
+    session = await make(request_timeout=30)
+    exchange = session.submit([msg(request(1, "ping"))])
+    assert exchange is not None
+    assert await drain(exchange.queue) == [{"jsonrpc": "2.0", "id": 1, "result": {}}]
+    assert await _heard(session, 2) == []
+
+
+# -- the legacy transport's waiting requests ------------------------------------------------------
+
+
+async def test_a_legacy_sessions_waiting_requests_are_in_flight_and_answered_when_it_ends(
+    make: Make,
+) -> None:
+    session = await make(legacy=True)
+    stream = session.open_stream()
+    assert session.submit([msg(request(7, "silent")), msg(request(8, "silent"))]) is None
+    assert session.describe()["in_flight"] == 2
+    assert session.busy  # not idle: it waits for answers
+    session.end(SessionState.DEAD, "the upstream went away")
+    errors = await drain(stream)  # the errors first, then the end of the stream
+    data = {"session": session.id, "pid": str(pid_of(session))}
+    assert sorted(errors, key=lambda e: e["id"]) == [
+        {
+            "jsonrpc": "2.0",
+            "id": ident,
+            "error": {"code": -32000, "message": "the upstream went away", "data": data},
+        }
+        for ident in (7, 8)
+    ]
+    assert session.describe()["in_flight"] == 0
+    assert not session.busy
+
+
+async def test_a_legacy_request_to_a_dead_child_is_answered_on_the_stream(make: Make) -> None:
+    session = await make(legacy=True)
+    stream = session.open_stream()
+    child = session.child
+    assert child is not None
+    session.submit([msg(request(1, "exit", code=4))])
+    await until(lambda: not child.alive, timeout=5)
+    assert session.submit([msg(request(2, "ping"))]) is None
+    error = orjson.loads(await asyncio.wait_for(stream.get(), 5) or b"")
+    assert error["id"] == 2
+    assert error["error"]["message"] == f"the MCP server (pid {child.pid}) exited with code 4"
+    assert session.describe()["in_flight"] == 1  # 1 is answered only when the session ends

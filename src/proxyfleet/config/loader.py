@@ -11,6 +11,8 @@ variable or flag), the dotted field and the reason.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +150,7 @@ def load_config(
         raise ConfigError(
             layers.source_of(loc, file_source), _format_loc(tuple(first["loc"])), reason
         ) from exc
+    _check_mcp_commands(config, env, layers, file_source)
     if path is None:
         return config
     in_file = {
@@ -160,6 +163,44 @@ def load_config(
     return _resolve_paths(
         config, path.parent, rebase_creds=in_file["creds"], rebase_keys=in_file["keys"]
     )
+
+
+def _check_mcp_commands(
+    config: Config, env: Mapping[str, str] | None, layers: _Layers, file_source: str
+) -> None:
+    """An MCP server that cannot run is refused at load, not at a client's first session:
+    a command with a ``/`` must be an executable file (relative to the route's ``cwd``, as
+    its children see it); a bare name must be on the PATH its children get (the route's own
+    ``env`` PATH, else the environment's; without an environment it cannot be checked)."""
+    for n, route in enumerate(config.mcp):
+        upstream = route.upstream
+        if not upstream.command:
+            continue
+        own = upstream.env.get("PATH")
+        search = own.get_secret_value() if own is not None else (env or {}).get("PATH")
+        if own is None and env is None:
+            search = None
+        problem = _command_problem(upstream.command[0], upstream.cwd, search)
+        if problem is not None:
+            source = layers.source_of(("mcp",), file_source)
+            raise ConfigError(source, f"mcp[{n}].upstream.command", problem)
+
+
+def _command_problem(program: str, cwd: Path | None, search: str | None) -> str | None:
+    if "/" in program:
+        where = Path(program)
+        if cwd is not None and not where.is_absolute():
+            where = cwd / where
+        if not where.exists():
+            return f"{program!r} does not exist"
+        if where.is_dir():
+            return f"{program!r} is a directory, not a program"
+        if not os.access(where, os.X_OK):
+            return f"{program!r} is not executable"
+        return None
+    if search is not None and shutil.which(program, path=search) is None:
+        return f"{program!r} is not found on PATH ({search})"
+    return None
 
 
 def _resolve_paths(config: Config, base: Path, *, rebase_creds: bool, rebase_keys: bool) -> Config:

@@ -304,6 +304,12 @@ class McpRouteConfig(_Model):
     session_idle_timeout: float = Field(default=300.0, gt=0)
     prestart: int = Field(default=0, ge=0, description="stdio children kept started, ready")
     stop_timeout: float = Field(default=5.0, gt=0, description="SIGTERM to SIGKILL, seconds")
+    request_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds a request waits for its answer; then a JSON-RPC error (-32001) "
+        "and notifications/cancelled to the server",
+    )
 
 
 class LogConfig(_Model):

@@ -87,11 +87,20 @@ class Operations:
         except GatewayError as error:
             await send_error(send, error)
 
+    async def _readiness(self) -> tuple[bool, str]:
+        """The gateway's own readiness, and its MCP routes': a route whose server cannot
+        start makes it unavailable, named with why."""
+        ok, reason = await self.readiness()
+        failing = self.mcp.failing() if self.mcp else []
+        if ok and failing:
+            return False, "; ".join(failing)
+        return ok, reason
+
     async def _live(self, scope: Scope, send: Send) -> None:
         await send_json(send, 200, {"status": "alive"})
 
     async def _ready(self, scope: Scope, send: Send) -> None:
-        ok, reason = await self.readiness()
+        ok, reason = await self._readiness()
         why = None if ok or self.elastic is None else self.elastic.why_not()
         if why is not None:  # an elastic pool that cannot grow says why (a refused key…)
             reason = f"{reason}: {why}"
@@ -101,7 +110,7 @@ class Operations:
         await send_json(send, 200 if ok else 503, body)
 
     async def _health(self, scope: Scope, send: Send) -> None:
-        ok, reason = await self.readiness()
+        ok, reason = await self._readiness()
         states: dict[str, int] = {}
         for status in await self.pool.snapshot():
             states[status.state] = states.get(status.state, 0) + 1

@@ -19,10 +19,12 @@ __all__ = [
     "INTERNAL_ERROR",
     "INVALID_REQUEST",
     "PARSE_ERROR",
+    "REQUEST_TIMEOUT",
     "SERVER_ERROR",
     "InvalidMessage",
     "Kind",
     "Message",
+    "cancelled",
     "error_body",
     "parse_body",
     "parse_line",
@@ -32,6 +34,7 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000  # implementation-defined: the proxy's own refusals and upstream deaths
+REQUEST_TIMEOUT = -32001  # no answer in time (the code the mcp SDKs use for their own timeouts)
 
 
 class Kind(enum.Enum):
@@ -111,9 +114,24 @@ def _line(item: Any) -> bytes:
     )
 
 
+def _dumps(message: dict[str, Any]) -> bytes:
+    """A message the proxy writes itself, on one line; its id as exact as it came (orjson
+    refuses integers beyond 64 bits, which JSON-RPC allows)."""
+    try:
+        return orjson.dumps(message)
+    except TypeError:
+        return _line(message)
+
+
 def error_body(ident: Any, code: int, message: str, data: Any = None) -> bytes:
     """A JSON-RPC error response (``id`` null when the request could not be read)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return orjson.dumps({"jsonrpc": "2.0", "id": ident, "error": error})
+    return _dumps({"jsonrpc": "2.0", "id": ident, "error": error})
+
+
+def cancelled(ident: Any, reason: str) -> bytes:
+    """The MCP notification that asks a server to stop working on request ``ident``."""
+    params = {"requestId": ident, "reason": reason}
+    return _dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})

@@ -73,5 +73,13 @@ class McpMount:
     def health(self) -> list[dict[str, Any]]:
         return [e.route.health() for e in self.endpoints]
 
+    def failing(self) -> list[str]:
+        """Why each route whose server cannot start is failing (for ``/ready``)."""
+        return [
+            f"MCP route {e.route.path} is failing: {e.route.supply.start_health.reason}"
+            for e in self.endpoints
+            if e.route.supply.start_health.failing
+        ]
+
     def describe(self) -> list[dict[str, Any]]:
         return [e.route.describe() for e in self.endpoints]

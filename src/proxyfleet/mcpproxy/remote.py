@@ -59,6 +59,7 @@ class HttpUpstream:
         self.pid: int | None = None  # not a process: see ``url``
         self.returncode: int | None = None
         self.stopping = False
+        self.spoke = False  # the server has answered something (not the proxy on its behalf)
         self._ended: str | None = None
         self._initialized = asyncio.Event()
         self._initializing = False
@@ -142,6 +143,7 @@ class HttpUpstream:
                 return False
             for message in messages:
                 answered = answered or _answers(message, sent)
+                self.spoke = True
                 self.on_message(message)
         elif kind == "text/event-stream":
             parser = SSEParser()
@@ -158,6 +160,7 @@ class HttpUpstream:
             message = parse_line(data.replace("\n", " ").encode())
         except InvalidMessage:
             return False
+        self.spoke = True
         self.on_message(message)
         return _answers(message, sent)
 

@@ -4,19 +4,33 @@ A session owns one upstream (a stdio child here) and routes what it says: a resp
 the exchange (the POST) waiting for its id; anything else the server sends (notifications, its
 own requests) goes to the oldest open exchange, else to the client's GET stream, else waits in
 a bounded backlog for one. Sessions never share an upstream, so nothing crosses between them.
+
+Both transports keep their requests the same way: on the legacy SSE transport an exchange's
+messages go to the session's one stream instead of a POST's answer, but its requests are still
+waited for, counted in flight, answered with an error when the session ends, and bounded by
+``request_timeout``: a request unanswered by then gets a JSON-RPC error (``REQUEST_TIMEOUT``),
+the server is sent ``notifications/cancelled`` for it, and its late answer is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from proxyfleet.errors import UpstreamGone
-from proxyfleet.mcpproxy.jsonrpc import SERVER_ERROR, Kind, Message, error_body
+from proxyfleet.mcpproxy.jsonrpc import (
+    REQUEST_TIMEOUT,
+    SERVER_ERROR,
+    Kind,
+    Message,
+    cancelled,
+    error_body,
+)
 
 __all__ = ["Exchange", "Session", "SessionState", "Upstream"]
 
@@ -26,6 +40,7 @@ class Upstream(Protocol):
 
     pid: int | None
     stopping: bool
+    spoke: bool  # it has said something of its own: its server did start
     on_message: Callable[[Message], None]
     on_exit: Callable[[Any], None]
 
@@ -48,31 +63,53 @@ class SessionState(enum.Enum):
 
 
 class Exchange:
-    """One POST waiting for the responses to its requests; ``queue`` yields messages to send,
-    then None when every response has come."""
+    """Requests waiting for their responses: one POST's, whose ``queue`` yields the messages to
+    send, then None when every response has come; or, given a ``sink`` (the legacy transport),
+    one message POST's, whose messages go to the session's stream, which it never ends."""
 
-    __slots__ = ("pending", "queue")
+    __slots__ = ("_sink", "pending", "queue", "timer")
 
-    def __init__(self, ids: Iterable[Any]) -> None:
+    def __init__(self, ids: Iterable[Any], sink: Callable[[bytes], None] | None = None) -> None:
         self.pending = set(ids)
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.timer: asyncio.TimerHandle | None = None  # its request_timeout
+        self._sink = sink
 
     def put(self, raw: bytes, answered: Any = None, final: bool = False) -> None:
-        self.queue.put_nowait(raw)
+        if self._sink is None:
+            self.queue.put_nowait(raw)
+        else:
+            self._sink(raw)
         if final:
             self.pending.discard(answered)
-            if not self.pending:
+            if not self.pending and self._sink is None:
                 self.queue.put_nowait(None)
+
+    def settle(self) -> None:
+        """Nothing more is waited for: its timer goes."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class Session:
     def __init__(
-        self, session_id: str, client: str, child: Upstream | None, *, legacy: bool = False
+        self,
+        session_id: str,
+        client: str,
+        child: Upstream | None,
+        *,
+        legacy: bool = False,
+        request_timeout: float | None = None,
+        route: str = "",
     ) -> None:
         self.id = session_id
         self.legacy = legacy  # the SSE transport: everything the server says goes to ``stream``
         self.client = client
         self.child = child
+        self.request_timeout = request_timeout  # seconds a request may wait for its answer
+        self.route = route
+        self.timeouts = 0  # requests that got no answer in time
         self.created = time.time()
         self.last_activity = time.monotonic()
         self.messages_in = 0  # client → server
@@ -90,13 +127,19 @@ class Session:
 
     # -- client → server -----------------------------------------------------------------
     def submit(self, messages: list[Message]) -> Exchange | None:
-        """Send a POST's messages upstream; an exchange when it holds requests."""
+        """Send a POST's messages upstream; the exchange to answer when it holds requests (on
+        the legacy transport None: its answers go to the stream)."""
         requests = [m.id for m in messages if m.kind is Kind.REQUEST]
-        exchange = Exchange(requests) if requests and not self.legacy else None
-        if exchange is not None:
+        exchange = None
+        if requests:
+            exchange = Exchange(requests, self._to_stream if self.legacy else None)
             for ident in requests:
                 self._exchanges[ident] = exchange
             self._open.append(exchange)
+            if self.request_timeout is not None:
+                exchange.timer = asyncio.get_running_loop().call_later(
+                    self.request_timeout, self._expire, exchange, self.request_timeout
+                )
         assert self.child is not None
         try:
             for message in messages:
@@ -105,38 +148,67 @@ class Session:
         except UpstreamGone:
             if exchange is not None:
                 self._fail(exchange, self.ended_reason or self.child.describe_exit())
-            return exchange
-        self.touch()
-        return exchange
+        else:
+            self.touch()
+        return None if self.legacy else exchange
 
     def forget(self, exchange: Exchange) -> None:
         """The POST went away (its client disconnected): answers to it are dropped."""
         for ident in list(exchange.pending):
             if self._exchanges.get(ident) is exchange:
                 del self._exchanges[ident]
+        self._close(exchange)
+
+    def _close(self, exchange: Exchange) -> None:
+        exchange.settle()
         if exchange in self._open:
             self._open.remove(exchange)
+
+    def _expire(self, exchange: Exchange, timeout: float) -> None:
+        """``request_timeout`` ran out: each request still waiting gets an error, and the
+        server is asked to cancel it."""
+        exchange.timer = None
+        of = f" of route {self.route}" if self.route else ""
+        for ident in list(exchange.pending):
+            if self._exchanges.get(ident) is exchange:
+                del self._exchanges[ident]
+            message = (
+                f"the MCP server{of} did not answer request {ident!r} within {timeout:g} s "
+                "(request_timeout); the request is cancelled"
+            )
+            exchange.put(error_body(ident, REQUEST_TIMEOUT, message, self._data()), ident, True)
+            self.timeouts += 1
+            if self.child is not None:
+                with contextlib.suppress(UpstreamGone):
+                    reason = f"no answer within {timeout:g} s (the proxy's request_timeout)"
+                    self.child.send(cancelled(ident, reason))
+        self._close(exchange)
 
     # -- server → client -----------------------------------------------------------------
     def deliver(self, message: Message) -> None:
         self.messages_out += 1
         self.touch()
-        if self.legacy and self.stream is not None:
-            self.stream.put_nowait(message.raw)
-            return
         if message.kind is Kind.RESPONSE:
             exchange = self._exchanges.pop(message.id, None)
             if exchange is not None:
                 exchange.put(message.raw, message.id, final=True)
-                if not exchange.pending and exchange in self._open:
-                    self._open.remove(exchange)
-            return
-        if self._open:
+                if not exchange.pending:
+                    self._close(exchange)
+            return  # else nobody waits for it (any more): dropped, on either transport
+        if self.legacy:
+            self._to_stream(message.raw)
+        elif self._open:
             self._open[0].put(message.raw)
         elif self.stream is not None:
             self.stream.put_nowait(message.raw)
         else:
             self._backlog.append(message.raw)
+
+    def _to_stream(self, raw: bytes) -> None:
+        if self.stream is not None:
+            self.stream.put_nowait(raw)
+        else:
+            self._backlog.append(raw)
 
     def open_stream(self) -> asyncio.Queue[bytes | None]:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -163,14 +235,17 @@ class Session:
             self.stream.put_nowait(None)
 
     def _fail(self, exchange: Exchange, reason: str) -> None:
+        for ident in list(exchange.pending):
+            self._exchanges.pop(ident, None)
+            exchange.put(error_body(ident, SERVER_ERROR, reason, self._data()), ident, final=True)
+        self._close(exchange)
+
+    def _data(self) -> dict[str, str]:
+        """The ``data`` of the proxy's errors: which session, which server process."""
         data = {"session": self.id}
         if self.child is not None:
             data["pid"] = str(self.child.pid)
-        for ident in list(exchange.pending):
-            self._exchanges.pop(ident, None)
-            exchange.put(error_body(ident, SERVER_ERROR, reason, data), ident, final=True)
-        if exchange in self._open:
-            self._open.remove(exchange)
+        return data
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
