@@ -100,3 +100,40 @@ async def test_a_command_that_fails_or_lies_is_refused(
     with pytest.raises(ProvisionerError, match=needle):
         await provisioner.provision("rid-5")
     await provisioner.close()
+
+
+def test_only_stdin_stdout_and_stderr_cross_into_a_provisioning_command(tmp_path: Path) -> None:
+    """Under uvloop, as the gateway runs: an inheritable descriptor of the gateway's (a socket,
+    a pipe) never reaches the command, nor anything the command leaves behind."""
+    import json
+    import os
+
+    import uvloop
+
+    listing = tmp_path / "fds.json"
+    command = _script(
+        tmp_path,
+        "import json, os\n"
+        f"fds = sorted(int(n) for n in os.listdir('/proc/self/fd'))\n"
+        f"open({str(listing)!r}, 'w').write(json.dumps(fds))\n"
+        'print(json.dumps({"id": "e1", "url": "http://127.0.0.1:9001/v1"}))\n',
+    )
+    read, write = os.pipe()
+    os.set_inheritable(read, True)
+    os.set_inheritable(write, True)
+
+    async def provision() -> None:
+        provisioner = CommandProvisioner(ProvisionerConfig(command=command))
+        await provisioner.open()
+        try:
+            await provisioner.provision("rid-fds")
+        finally:
+            await provisioner.close()
+
+    try:
+        uvloop.run(provision())
+    finally:
+        os.close(read)
+        os.close(write)
+    fds = json.loads(listing.read_text())
+    assert [fd for fd in fds if fd > 2][1:] == [], fds  # 0, 1, 2 and the listing's own

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -168,12 +169,15 @@ class CommandProvisioner:
     async def _run(self, argv: tuple[str, ...], request_id: str) -> bytes:
         env = dict(os.environ, PROXYFLEET_REQUEST_ID=request_id)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            # Not the loop's subprocess_exec: uvloop's has no close_fds (every inheritable
+            # descriptor would cross). Popen forks and execs at once; the waiting is a thread's.
+            process = subprocess.Popen(  # noqa: ASYNC220
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 start_new_session=True,
+                close_fds=True,
                 env=env,
             )
         except OSError as exc:
@@ -181,11 +185,13 @@ class CommandProvisioner:
                 f"cannot run {argv[0]!r}: {exc.strerror or exc}", code="command", retryable=False
             ) from exc
         try:
-            out, err = await asyncio.wait_for(process.communicate(), self._config.timeout)
+            out, err = await asyncio.wait_for(
+                asyncio.to_thread(process.communicate), self._config.timeout
+            )
         except (TimeoutError, asyncio.CancelledError):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+            await asyncio.to_thread(process.wait)
             raise ProvisionerError(
                 f"{self.name} did not finish within {self._config.timeout:g}s", code="timeout"
             ) from None
