@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -122,6 +123,15 @@ async def test_a_release_in_one_process_wakes_a_waiter_in_another(
         waiter = asyncio.ensure_future(stream(session, second.url))
         await asyncio.sleep(0.2)
         assert second.get_json("/admin/queue")["waiting"] == 1  # waiting in the other process
+        # either process shows who holds the lease (request, process, host) and who serves
+        pool = second.get_json("/admin/pool")
+        ((held_by,),) = [b["holders"] for b in pool["backends"]]
+        assert f":{first.popen.pid}:" in held_by["process"]
+        assert held_by["host"] == socket.gethostname()
+        assert held_by["request_id"]
+        assert pool["store"]["kind"] == "redis"
+        pids = sorted(int(p["process"].split(":")[-2]) for p in pool["store"]["processes"])
+        assert pids == sorted([first.popen.pid, second.popen.pid])
         assert await holder == 200
         started = time.monotonic()
         assert await waiter == 200

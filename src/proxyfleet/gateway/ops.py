@@ -152,6 +152,10 @@ class Operations:
                 "waiting": pool.waiting,
                 "queue_limit": self.config.pool.queue_limit,
                 "backends": backends,
+                "store": {
+                    "kind": self.config.pool.store.kind,
+                    "processes": await pool.processes(),
+                },
                 "elastic": None if self.elastic is None else self.elastic.describe(),
             },
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import os
+import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -33,12 +35,16 @@ from proxyfleet.pool.store import (
     BackendStatus,
     ChangeKind,
     Grant,
+    Holder,
     Listener,
     NoCandidate,
     Unavailable,
 )
 
 __all__ = ["MemoryStore"]
+
+_HOST = socket.gethostname()
+_PROCESS = f"{_HOST}:{os.getpid()}"
 
 
 class _State(enum.Enum):
@@ -162,6 +168,9 @@ class MemoryStore:
 
     async def snapshot(self) -> list[BackendStatus]:
         return self.snapshot_now()
+
+    async def processes(self) -> list[dict[str, object]]:
+        return [{"process": _PROCESS, "host": _HOST, "last_seen": self._now()}]
 
     async def try_lock(self, name: str, ttl: float) -> bool:
         now = self._now()
@@ -334,4 +343,5 @@ class MemoryStore:
             last_used=slot.last_used or None,
             quarantined_until=until if health.state is Health.QUARANTINED and until > now else None,
             serving=tuple(slot.tokens.values()),
+            holders=tuple(Holder(rid, _PROCESS, _HOST) for rid in slot.tokens.values()),
         )

@@ -407,6 +407,10 @@ class Pool:
     async def snapshot(self) -> list[BackendStatus]:
         return await self._store.snapshot()
 
+    async def processes(self) -> list[dict[str, object]]:
+        """The processes serving this pool (see :meth:`PoolStore.processes`)."""
+        return await self._store.processes()
+
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str, ttl: float) -> AsyncIterator[bool]:
         """``async with pool.exclusive(name, ttl) as mine:`` the store's lock ``name``

@@ -43,6 +43,7 @@ from proxyfleet.pool.store import (
     BackendStatus,
     ChangeKind,
     Grant,
+    Holder,
     Listener,
     NoCandidate,
     Unavailable,
@@ -102,7 +103,33 @@ def _status_of(row: list[Any], now: float) -> BackendStatus:
         last_used=float(last_used) or None,
         quarantined_until=until if health.state is Health.QUARANTINED and until > now else None,
         serving=tuple(h.get("rid", "") for h in holders),
+        holders=tuple(
+            Holder(h.get("rid", ""), h.get("process", ""), h.get("host", "")) for h in holders
+        ),
     )
+
+
+def _conflict(answer: list[Any], where: str, ttl: float) -> StoreConflict | None:
+    """The OPEN script's verdict as the error to start with, or None when it said ok."""
+    verdict = _text(answer[0])
+    if verdict == "mismatch":
+        missing, extra = json.loads(answer[1]), json.loads(answer[2])
+        parts = [
+            f"not in theirs: {', '.join(missing)}" if missing else "",
+            f"only in theirs: {', '.join(extra)}" if extra else "",
+        ]
+        return StoreConflict(
+            f"the pool in {where} is served by other processes with other backends: "
+            + "; ".join(p for p in parts if p)
+            + ". Every process sharing a pool must configure the same backends."
+        )
+    if verdict == "held":
+        return StoreConflict(
+            f"the pool in {where} still holds leases on backends this config no longer has "
+            f"({', '.join(json.loads(answer[1]))}); they expire within {ttl:g}s of their "
+            "holder stopping: start again then"
+        )
+    return None
 
 
 class RedisStore:
@@ -199,28 +226,9 @@ class RedisStore:
             raise StoreUnavailable(
                 f"the pool store at {self._shown} is unreachable: {exc}", retry_after=1.0
             ) from exc
-        verdict = _text(answer[0])
-        if verdict == "mismatch":
-            missing, extra = json.loads(answer[1]), json.loads(answer[2])
-            raise StoreConflict(
-                f"the pool in {self._shown} (prefix {self._prefix!r}) is served by other "
-                "processes with other backends: "
-                + "; ".join(
-                    part
-                    for part in (
-                        f"not in theirs: {', '.join(missing)}" if missing else "",
-                        f"only in theirs: {', '.join(extra)}" if extra else "",
-                    )
-                    if part
-                )
-                + ". Every process sharing a pool must configure the same backends."
-            )
-        if verdict == "held":
-            raise StoreConflict(
-                f"the pool in {self._shown} still holds leases on backends this config no "
-                f"longer has ({', '.join(json.loads(answer[1]))}); they expire within "
-                f"{self._ttl:g}s of their holder stopping: start again then"
-            )
+        conflict = _conflict(answer, f"{self._shown} (prefix {self._prefix!r})", self._ttl)
+        if conflict is not None:
+            raise conflict
         await self._refresh_members()
         for status in await self.snapshot():
             if status.quarantined_until is not None:
@@ -337,6 +345,23 @@ class RedisStore:
         except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
         return [_status_of(row, now) for row in rows]
+
+    async def processes(self) -> list[dict[str, object]]:
+        """Every process whose heartbeat is at most one ``lease_ttl`` old."""
+        self._check_open()
+        assert self._redis is not None
+        since = self._now() - self._ttl
+        try:
+            rows = await self._redis.zrangebyscore(
+                f"{self._prefix}:procs", since, "+inf", withscores=True
+            )
+        except _REDIS_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        out: list[dict[str, object]] = []
+        for raw, seen in cast(list[tuple[bytes, float]], rows):
+            process = _text(raw)
+            out.append({"process": process, "host": process.rsplit(":", 2)[0], "last_seen": seen})
+        return out
 
     async def try_lock(self, name: str, ttl: float) -> bool:
         self._check_open()

@@ -28,6 +28,7 @@ __all__ = [
     "BackendStatus",
     "ChangeKind",
     "Grant",
+    "Holder",
     "Listener",
     "NoCandidate",
     "PoolStore",
@@ -70,6 +71,15 @@ Listener = Callable[[ChangeKind, str], None]
 
 
 @dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a lease: the request, and for a shared store the process and host."""
+
+    request_id: str
+    process: str = ""
+    host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BackendStatus:
     """A secret-free snapshot of one backend, for admin output and metrics."""
 
@@ -84,6 +94,7 @@ class BackendStatus:
     last_used: float | None  # unix time
     quarantined_until: float | None  # unix time
     serving: tuple[str, ...] = ()  # request ids holding a lease now
+    holders: tuple[Holder, ...] = ()  # the same leases, with their process and host
 
 
 class PoolStore(Protocol):
@@ -126,6 +137,11 @@ class PoolStore(Protocol):
         ...
 
     async def snapshot(self) -> list[BackendStatus]: ...
+
+    async def processes(self) -> list[dict[str, object]]:
+        """The processes serving this pool, alive by their heartbeat (this one only, for a
+        store of one process): ``process``, ``host``, ``last_seen`` (unix time)."""
+        ...
 
     async def try_lock(self, name: str, ttl: float) -> bool:
         """Take the lock ``name`` for this process (for at most ``ttl`` seconds, so a holder
