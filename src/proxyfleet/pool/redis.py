@@ -38,6 +38,7 @@ from proxyfleet.logs import event
 from proxyfleet.pool import redis_scripts as lua
 from proxyfleet.pool.backend import Member, public_url
 from proxyfleet.pool.health import Health, HealthPolicy, HealthRecord, Outcome, state_of
+from proxyfleet.pool.redis_batch import ScriptBatcher
 from proxyfleet.pool.selection import Strategy
 from proxyfleet.pool.store import (
     BackendStatus,
@@ -185,21 +186,10 @@ class RedisStore:
             socket_connect_timeout=self._timeout,
             health_check_interval=0,
         )
-        self._scripts = {
-            name: self._redis.register_script(getattr(lua, name))
-            for name in (
-                "ACQUIRE",
-                "RELEASE",
-                "HEARTBEAT",
-                "OPEN",
-                "ADD",
-                "REMOVE",
-                "DRAIN",
-                "RESTORE",
-                "UNLOCK",
-            )
-        }
-        self._snapshot_script = self._redis.register_script(lua.SNAPSHOT)
+        self._batch = ScriptBatcher(
+            self._redis,
+            {name: getattr(lua, name) for name in lua.__all__},
+        )
         try:
             await self._open()
         except BaseException:
@@ -221,7 +211,8 @@ class RedisStore:
         for member in self._configured:
             args += [member.id, _member_json(member, True), member.max_concurrency]
         try:
-            answer = await self._scripts["OPEN"](args=[self._prefix, self.process, *args])
+            await self._batch.load()
+            answer = await self._batch.call("OPEN", [self._prefix, self.process, *args])
         except _REDIS_ERRORS as exc:
             raise StoreUnavailable(
                 f"the pool store at {self._shown} is unreachable: {exc}", retry_after=1.0
@@ -341,7 +332,7 @@ class RedisStore:
         self._check_open(opening=True)
         now = self._now()
         try:
-            rows = await self._snapshot_script(args=[self._prefix])
+            rows = await self._batch.call("SNAPSHOT", [self._prefix])
         except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
         return [_status_of(row, now) for row in rows]
@@ -395,10 +386,7 @@ class RedisStore:
     async def _call(self, name: str, *args: Any) -> Any:
         self.calls_in_flight += 1
         try:
-            try:
-                answer = await self._scripts[name](args=[self._prefix, *args])
-            except redis.exceptions.ConnectionError:  # a pooled connection Redis closed
-                answer = await self._scripts[name](args=[self._prefix, *args])
+            answer = await self._batch.call(name, [self._prefix, *args])
         except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
         finally:
