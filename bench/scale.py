@@ -1,8 +1,11 @@
 """Held streams at scale: N concurrent slow SSE streams through one gateway process.
 
-    uv run python bench/scale.py [--streams 10000] [--chunks 20] [--interval 1] [--nginx] [--json]
+    uv run python bench/scale.py [--streams 10000] [--chunks 20] [--interval 1] [--ttft S]
+                                 [--nginx] [--json]
 
-The mock streams ``--chunks`` chunks ``--interval`` seconds apart to every request; the gateway
+The mock streams ``--chunks`` chunks ``--interval`` seconds apart to every request, the first
+after ``--ttft`` seconds (``--interval`` unless given: a longer one keeps the first streams held
+while the last are still opening on a slow machine, so that every one is held at once); the gateway
 (``proxyfleet serve``, one process) pools it with room for every stream; this process opens the
 streams in batches and reads each to its end. Printed: streams completed and failed, the peak
 held at once as the client saw it and as the upstream counted it, the gateway's memory per held
@@ -89,6 +92,7 @@ class Figures:
     peak_held: int = 0  # streams with their head received and not yet ended, at once
     upstream_peak: int = 0  # the mock's own count of requests in flight at once
     seconds: float = 0.0
+    opening_seconds: float = 0.0  # from the first connect to the last stream's head
     stream_seconds: float = 0.0
     rss_before_kb: int = 0
     rss_held_kb: int = 0
@@ -128,6 +132,7 @@ class _Stream(asyncio.Protocol):
                 return
             self.head_at = time.monotonic()
             self.load.held += 1
+            self.load.heads += 1
             self.load.peak = max(self.load.peak, self.load.held)
             del self.data[: end + 4]
         if self.data.endswith(b"\r\n0\r\n\r\n"):
@@ -155,6 +160,7 @@ class _Stream(asyncio.Protocol):
 class _Load:
     request: bytes
     held: int = 0
+    heads: int = 0  # streams whose head came, ended or not
     peak: int = 0
     stream_seconds: float = 0.0
 
@@ -201,6 +207,9 @@ async def drive(port: int, count: int, timeout: float, pid: int) -> Figures:
         batch = [asyncio.ensure_future(one()) for _ in range(start, min(count, start + BATCH))]
         tasks += batch
         await asyncio.wait(batch, timeout=0.05)  # let the batch connect before the next
+    while load.heads < count and not all(task.done() for task in tasks):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # a figure only: polled, not waited for
+    figures.opening_seconds = time.monotonic() - started
     results = await asyncio.gather(*tasks)
     sampler.cancel()
     figures.seconds = time.monotonic() - started
@@ -233,7 +242,8 @@ class Load:
 
     streams: int = 10_000
     chunks: int = 20
-    interval: float = 1.0  # seconds before the first chunk and between chunks
+    interval: float = 1.0  # seconds between chunks
+    ttft: float | None = None  # seconds before the first chunk (``interval`` when None)
     timeout: float = 180.0  # seconds one stream may take
     nginx: bool = False
     proxy_pin: tuple[str, ...] = ()  # e.g. ("taskset", "-c", "0")
@@ -269,7 +279,7 @@ def measure(load: Load, work: Path) -> list[Figures]:
         "--latency",
         str(load.interval),
         "--ttft",
-        str(load.interval),
+        str(load.interval if load.ttft is None else load.ttft),
     ]
     out = []
     with process(mock, work / "mock.log"):
@@ -330,7 +340,8 @@ def report(all_figures: list[Figures], wanted: int) -> str:
         lines.append(
             f"{f.proxy}: {f.completed}/{f.streams} streams completed{lowered}, {f.failed} failed "
             f"({errors}); peak held {f.peak_held} at the client, {f.upstream_peak} upstream; "
-            f"{f.seconds:.1f} s; memory per held stream {f.kb_per_stream:.1f} KB; "
+            f"{f.seconds:.1f} s (all open after {f.opening_seconds:.1f} s); "
+            f"memory per held stream {f.kb_per_stream:.1f} KB; "
             f"CPU per stream-second {f.cpu_us_per_stream_second:.0f} us"
         )
     if len(all_figures) == 2:
@@ -348,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=10_000, help="streams held at once")
     parser.add_argument("--chunks", type=int, default=20, help="chunks per stream")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between chunks")
+    parser.add_argument(
+        "--ttft", type=float, help="seconds before a stream's first chunk (default: --interval)"
+    )
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds a stream may take")
     parser.add_argument("--nginx", action="store_true", help="measure nginx with the same load")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -360,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.pin:
         os.sched_setaffinity(0, {1})
     pins = (("taskset", "-c", "0"), ("taskset", "-c", "1")) if args.pin else ((), ())
-    load = Load(args.streams, args.chunks, args.interval, args.timeout, args.nginx, *pins)
+    load = Load(
+        args.streams, args.chunks, args.interval, args.ttft, args.timeout, args.nginx, *pins
+    )
     work = Path(tempfile.mkdtemp(prefix="proxyfleet-scale-"))
     work.chmod(0o755)  # nginx workers run as an unprivileged user
     try:

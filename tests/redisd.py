@@ -115,6 +115,13 @@ def shared() -> RedisServer:
     return _SHARED
 
 
+def shared_pid() -> int | None:
+    """The session's Redis process, if it runs (a child of the test process that no test
+    started)."""
+    popen = _SHARED.popen if _SHARED is not None else None
+    return popen.pid if popen is not None and popen.poll() is None else None
+
+
 def prefix() -> str:
     """A key prefix no other test uses."""
     return f"test-{uuid.uuid4().hex[:12]}"

@@ -294,7 +294,8 @@ def _serve_workers(args: argparse.Namespace, config: Config) -> int:
             ]  # fmt: skip
 
         def announce(url: str) -> None:
-            print(f"proxyfleet serving {url} with {args.workers} workers", flush=True)
+            # one write, newline included: the workers write to this stream too
+            print(f"proxyfleet serving {url} with {args.workers} workers\n", end="", flush=True)
 
         supervisor = Supervisor(
             command, args.workers, drain_grace=config.server.drain_grace, announce=announce

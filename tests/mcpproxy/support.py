@@ -21,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from proxyfleet.mcpproxy.jsonrpc import Message, parse_line
+from tests import redisd
 from tests.conftest import Proc, Processes
 
 HERE = Path(__file__).parent
@@ -106,8 +107,9 @@ def reaped(pid: int) -> bool:
 
 
 def my_children() -> list[int]:
-    """The live processes whose parent is this (test) process."""
-    found = []
+    """The live processes whose parent is this (test) process, the session's shared Redis
+    aside (an earlier test may have started it)."""
+    found, shared = [], redisd.shared_pid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -116,7 +118,7 @@ def my_children() -> list[int]:
                 state, ppid = handle.read().rsplit(") ", 1)[1].split()[:2]
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if int(ppid) == os.getpid() and state != "Z":
+        if int(ppid) == os.getpid() and state != "Z" and int(entry) != shared:
             found.append(int(entry))
     return found
 

@@ -155,7 +155,8 @@ def run_gateway(config: Config, backends: Sequence[BackendSpec], sock: socket.so
         mode = "single-flight" if cap == 1 else f"up to {cap} per backend"
         print(
             f"proxyfleet serving {url} with {len(backends)} backends "
-            f"({config.pool.selection}, {mode})",
+            f"({config.pool.selection}, {mode})\n",
+            end="",  # one write, newline included: children may write to this stream too
             flush=True,
         )
 
