@@ -66,6 +66,7 @@ async def test_an_expired_lease_is_reaped_by_the_next_acquire_and_published() ->
         assert isinstance(grant, Grant)
         store._held.clear()  # its holder stopped renewing it
         clock[0] += 16.0
+        await store.want(lambda: 1)  # a process with waiters: releases are news to it
         again = await store.acquire("lru", holder="r2")
         assert isinstance(again, Grant)
         assert int(await client.get(f"{prefix}:expired")) == 1
@@ -102,3 +103,32 @@ async def test_leases_are_put_back_after_redis_restarted_empty() -> None:
     finally:
         server.close()
     await asyncio.sleep(0)
+
+
+async def test_a_release_is_published_only_while_some_process_has_waiters() -> None:
+    """A busy fleet with nobody waiting sends no message per release to every process."""
+    server = redisd.shared()
+    prefix = redisd.prefix()
+    client = aioredis.Redis.from_url(server.url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(f"{prefix}:changes")
+    async with RedisStore(MEMBERS, HealthPolicy(), url=server.url, key_prefix=prefix) as store:
+
+        async def one_lease() -> None:
+            grant = await store.acquire("lru", holder="r")
+            assert isinstance(grant, Grant)
+            await store.release(grant, Outcome.SUCCESS)
+
+        async def heard() -> list[str]:
+            out = []
+            while (message := await pubsub.get_message(timeout=0.2)) is not None:
+                out.append(message["data"].decode().split(" ")[0])
+            return out
+
+        await one_lease()
+        assert await heard() == []  # nobody waits anywhere
+        await store.want(lambda: 1)
+        await one_lease()
+        assert await heard() == ["released"]
+    await pubsub.aclose()
+    await client.aclose()

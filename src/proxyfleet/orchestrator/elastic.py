@@ -198,6 +198,9 @@ class Elastic:
                     if self._wanted():
                         continue
                     return
+                await self._pool.serve_waiters()  # a backend another process brought may
+                if not self._wanted():  # be all that is wanted: the lock showed it
+                    return
                 started = time.perf_counter()
                 try:
                     engine = await self._provisioner.provision(rid)

@@ -169,6 +169,9 @@ class MemoryStore:
     async def snapshot(self) -> list[BackendStatus]:
         return self.snapshot_now()
 
+    async def want(self, waiting: Callable[[], int]) -> None:
+        pass  # every release here is heard here
+
     async def processes(self) -> list[dict[str, object]]:
         return [{"process": _PROCESS, "host": _HOST, "last_seen": self._now()}]
 

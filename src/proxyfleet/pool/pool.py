@@ -290,6 +290,8 @@ class Pool:
         waiter = _Waiter(future, request_id, exclude, loop.time())
         self._waiters[waiter] = None
         timer = loop.call_later(timeout, self._expire, waiter, timeout)
+        if len(self._waiters) == 1:  # releases elsewhere must reach us from now on
+            await self._store.want(lambda: len(self._waiters))
         if len(self._waiters) == 1 or exclude:
             self._kick()  # capacity may exist for this waiter already
         try:
@@ -380,6 +382,13 @@ class Pool:
                     waiter.future.set_exception(self._no_healthy(result.retry_after))
             elif not waiter.exclude:
                 break  # nothing free at all: later waiters cannot be served either
+
+    async def serve_waiters(self) -> None:
+        """Give every waiter a look at the pool now, returning when that pass is done."""
+        if self._waiters and self._state is PoolState.OPEN:
+            self._kick()
+            while (serving := self._serving) is not None:
+                await asyncio.shield(serving)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

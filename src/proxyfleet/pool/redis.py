@@ -174,6 +174,7 @@ class RedisStore:
         self.stale_releases = 0  # this process's releases Redis refused
         self.lost_leases = 0  # leases that expired before this process released them
         self.calls_in_flight = 0  # scripts sent and not answered yet
+        self._waiting: Callable[[], int] = lambda: 0  # this process's waiters, as the pool says
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -337,6 +338,11 @@ class RedisStore:
             raise self._unavailable(exc) from exc
         return [_status_of(row, now) for row in rows]
 
+    async def want(self, waiting: Callable[[], int]) -> None:
+        self._waiting = waiting
+        with contextlib.suppress(StoreUnavailable):  # acquires say so; heartbeats retry
+            await self._call("WANT", self.process, repr(self._now() + self._ttl))
+
     async def processes(self) -> list[dict[str, object]]:
         """Every process whose heartbeat is at most one ``lease_ttl`` old."""
         self._check_open()
@@ -362,6 +368,8 @@ class RedisStore:
             taken = await self._redis.set(key, self.process, nx=True, px=max(1, int(ttl * 1000)))
         except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
+        if taken:  # the holder acts on what the fleet has now, not on a feed still on its way
+            await self._refresh_members()
         return bool(taken)
 
     async def unlock(self, name: str) -> None:
@@ -467,7 +475,7 @@ class RedisStore:
                 await self._settle_pending()
                 lost = await self._call(
                     "HEARTBEAT", self.process, *self._args(), self._ttl, *self._policy_args(),
-                    *self._held,
+                    "1" if self._waiting() else "0", *self._held,
                 )  # fmt: skip
             except StoreUnavailable:
                 continue

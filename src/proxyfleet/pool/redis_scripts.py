@@ -13,6 +13,8 @@ Keys, under the store's prefix ``P``::
     P:l:<id>     hash   fencing token → holder (request id, process, host) as JSON
     P:exp        zset   "<id>:<token>" → when the lease expires unless its holder renews it
     P:procs      zset   process id → its last heartbeat (unix time)
+    P:want       zset   process id → until when it has waiters: releases are published only
+                        while some process has (or when they end in a quarantine)
     P:token, P:seq, P:size, P:cursor, P:stale, P:expired   counters
     P:lock:<name> the process holding a fleet-wide lock (elastic provisioning), with a ttl
     P:epoch      when the pool was first opened: gone means Redis restarted empty, and each
@@ -36,6 +38,7 @@ __all__ = [
     "RESTORE",
     "SNAPSHOT",
     "UNLOCK",
+    "WANT",
 ]
 
 _COMMON = r"""
@@ -43,6 +46,12 @@ local p = ARGV[1]
 local function bkey(id) return p .. ':b:' .. id end
 local function publish(kind, id, q, origin)
   redis.call('PUBLISH', p .. ':changes', kind .. ' ' .. id .. ' ' .. tostring(q) .. ' ' .. origin)
+end
+-- a release is news only to a process with waiters (P:want), or when it ends in quarantine
+local function released(id, q, origin, now)
+  if q > 0 or redis.call('ZCOUNT', p .. ':want', now, '+inf') > 0 then
+    publish('released', id, q, origin)
+  end
 end
 -- a member to where its state puts it: available (now the most recently used), cooling, neither
 local function place(id)
@@ -90,7 +99,7 @@ local function reap(now, after, cooldown)
       redis.call('INCR', p .. ':expired')
       local q = settle(id, 'neutral', now, after, cooldown)
       place(id)
-      publish('released', id, q, '-')
+      released(id, q, '-', now)
     end
   end
 end
@@ -218,14 +227,15 @@ redis.call('HINCRBY', bkey(id), 'inflight', -1)
 redis.call('HSET', bkey(id), 'last_used', ARGV[5])
 local q = settle(id, outcome, now, tonumber(ARGV[6]), tonumber(ARGV[7]))
 place(id)
-publish('released', id, q, ARGV[8])
+released(id, q, ARGV[8], now)
 return {1, tostring(q)}
 """
 )
 
-#: ARGV: prefix, process, now, ttl, unhealthy_after, cooldown, then "<id>:<token>" entries to
-#: renew. Returns the entries that were no longer held (they expired: the leases are lost), or
-#: {-1} when the pool is gone from Redis (it restarted empty).
+#: ARGV: prefix, process, now, ttl, unhealthy_after, cooldown, '1' while this process has
+#: waiters (else '0'), then "<id>:<token>" entries to renew. Returns the entries that were no
+#: longer held (they expired: the leases are lost), or {-1} when the pool is gone from Redis
+#: (it restarted empty).
 HEARTBEAT = (
     _COMMON
     + r"""
@@ -234,8 +244,14 @@ if redis.call('EXISTS', p .. ':epoch') == 0 then return {-1} end
 reap(now, tonumber(ARGV[5]), tonumber(ARGV[6]))
 redis.call('ZADD', p .. ':procs', now, proc)
 redis.call('ZREMRANGEBYSCORE', p .. ':procs', '-inf', now - 3 * ttl)
+if ARGV[7] == '1' then
+  redis.call('ZADD', p .. ':want', now + ttl, proc)
+else
+  redis.call('ZREM', p .. ':want', proc)
+end
+redis.call('ZREMRANGEBYSCORE', p .. ':want', '-inf', now)
 local lost = {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   if redis.call('ZADD', p .. ':exp', 'XX', 'CH', now + ttl, ARGV[i]) == 0 then
     if not redis.call('ZSCORE', p .. ':exp', ARGV[i]) then lost[#lost + 1] = ARGV[i] end
   end
@@ -401,4 +417,10 @@ UNLOCK = r"""
 local key = ARGV[1] .. ':lock:' .. ARGV[2]
 if redis.call('GET', key) == ARGV[3] then return redis.call('DEL', key) end
 return 0
+"""
+
+#: ARGV: prefix, process, until. This process has waiters until then (renewed by heartbeats).
+WANT = r"""
+redis.call('ZADD', ARGV[1] .. ':want', ARGV[3], ARGV[2])
+return 1
 """

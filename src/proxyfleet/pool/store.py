@@ -138,6 +138,12 @@ class PoolStore(Protocol):
 
     async def snapshot(self) -> list[BackendStatus]: ...
 
+    async def want(self, waiting: Callable[[], int]) -> None:
+        """This process has waiters (``waiting()`` says how many, for as long as it asks):
+        a shared store then tells it of releases elsewhere (and need not while nobody
+        waits anywhere)."""
+        ...
+
     async def processes(self) -> list[dict[str, object]]:
         """The processes serving this pool, alive by their heartbeat (this one only, for a
         store of one process): ``process``, ``host``, ``last_seen`` (unix time)."""
@@ -146,7 +152,8 @@ class PoolStore(Protocol):
     async def try_lock(self, name: str, ttl: float) -> bool:
         """Take the lock ``name`` for this process (for at most ``ttl`` seconds, so a holder
         that dies frees it); False while another holds it. One per pool: across processes
-        for a shared store (elastic provisioning runs once at a time fleet-wide)."""
+        for a shared store (elastic provisioning runs once at a time fleet-wide). Once it is
+        taken, ``members`` is the fleet's current membership."""
         ...
 
     async def unlock(self, name: str) -> None:
