@@ -25,6 +25,7 @@ from proxyfleet.fleet.lifecycle import hold_instance_lock
 from proxyfleet.fleet.manager import Manager, Process
 from proxyfleet.fleet.nginx import render_nginx
 from proxyfleet.fleet.records import InstanceFiles, new_record, process_start_ticks, write_record
+from tests import redisd
 from tests.conftest import run_cli
 
 UP = "http://127.0.0.1:9/v1"
@@ -341,6 +342,84 @@ def test_up_without_an_nginx_binary_exits_2_and_starts_nothing(
     assert _cli("ps", "-f", str(deploy), env=env).stdout.strip() == "not up"
 
 
+def _never_run_nginx(tmp_path: Path) -> str:
+    """An nginx that fails loudly if anything runs it: up must refuse before it would."""
+    binary = tmp_path / "never-nginx"
+    binary.write_text('#!/bin/sh\necho "nginx was run" >&2\nexit 1\n')
+    binary.chmod(0o755)
+    return str(binary)
+
+
+def _with_redis(deploy: Path, redis: dict[str, object]) -> Path:
+    data = yaml.safe_load(deploy.read_text())
+    data["redis"] = redis
+    deploy.write_text(yaml.safe_dump(data, sort_keys=False))
+    return deploy
+
+
+def test_up_of_two_instances_that_keep_their_pool_in_memory_exits_2(
+    tmp_path: Path, runtime: Path, env: dict[str, str]
+) -> None:
+    """The shape that broke (each instance leased the same accounts): refused, naming the
+    file and the field, before anything starts."""
+    deploy = _deploy(tmp_path, binary=_never_run_nginx(tmp_path))
+    result = _cli("up", "-f", str(deploy), "--detach", env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(
+        f"proxyfleet: config error: {deploy}: servers.core.instances: 2 instances would each "
+        f"keep a pool of their own ({tmp_path / 'core.yaml'} keeps the pool in memory)"
+    ), result.stderr
+    assert "add 'redis: {port: N}' to the deployment" in result.stderr
+    assert "nginx was run" not in result.stderr
+    assert not Manager(deploy, runtime, print).state_file.exists()
+
+
+def test_up_with_a_redis_url_that_does_not_answer_starts_nothing(
+    tmp_path: Path, runtime: Path, env: dict[str, str]
+) -> None:
+    dead = _free_port()
+    deploy = _deploy(tmp_path, binary=_never_run_nginx(tmp_path))
+    _with_redis(deploy, {"url": f"redis://:pw-secret@127.0.0.1:{dead}/0"})
+    result = _cli("up", "-f", str(deploy), "--detach", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"redis at redis://127.0.0.1:{dead}/0 does not answer: "), lines
+    assert lines[-1] == "not starting anything: start that Redis or change redis.url"
+    assert "pw-secret" not in result.stdout + result.stderr
+    assert "nginx was run" not in result.stderr
+    assert not Manager(deploy, runtime, print).state_file.exists()
+
+
+def test_up_with_a_redis_port_someone_holds_starts_nothing(
+    tmp_path: Path, runtime: Path, env: dict[str, str]
+) -> None:
+    redisd.redis_server_binary()  # skips without redis-server
+    deploy = _deploy(tmp_path, binary=_never_run_nginx(tmp_path))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        _with_redis(deploy, {"port": port})
+        result = _cli("up", "-f", str(deploy), "--detach", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"port {port} (redis.port) is foreign: held by" in result.stdout
+    assert "not starting anything" in result.stdout
+    assert not Manager(deploy, runtime, print).state_file.exists()
+
+
+def test_up_without_a_redis_binary_exits_2(
+    tmp_path: Path, runtime: Path, env: dict[str, str]
+) -> None:
+    deploy = _deploy(tmp_path, binary=_never_run_nginx(tmp_path))
+    _with_redis(deploy, {"port": _free_port(), "binary": "bin/no-redis-server"})
+    result = _cli("up", "-f", str(deploy), "--detach", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"proxyfleet: config error: redis.binary: {tmp_path / 'bin/no-redis-server'}: no such file"
+    )
+    assert not Manager(deploy, runtime, print).state_file.exists()
+
+
 def test_ps_and_down_of_a_deployment_that_is_not_up(tmp_path: Path, env: dict[str, str]) -> None:
     deploy = _deploy(tmp_path)
     ps = _cli("ps", "-f", str(deploy), env=env)
@@ -374,6 +453,7 @@ def test_ps_shows_what_runs_and_what_is_gone(
         [
             Process("worker", "core", 18503, os.getpid(), ticks, "/logs/core_18503.log"),
             Process("worker", "broker", 18501, DEAD_PID, 1, "/logs/broker_18501.log"),
+            Process("redis", "redis", 18590, os.getpid(), ticks, "/logs/redis_18590.log"),
         ],
     )
     lines = _cli("ps", "-f", str(deploy), env=env).stdout.splitlines()
@@ -394,6 +474,14 @@ def test_ps_shows_what_runs_and_what_is_gone(
         "gone",
         "/logs/broker_18501.log",
     ]
+    assert lines[3].split() == [
+        "redis",
+        "redis",
+        "18590",
+        str(os.getpid()),
+        "running",
+        "/logs/redis_18590.log",
+    ]  # the deployment's Redis is a role of its own
     rows = json.loads(_cli("ps", "-f", str(deploy), "--json", env=env).stdout)
     assert rows == [
         {
@@ -411,6 +499,14 @@ def test_ps_shows_what_runs_and_what_is_gone(
             "pid": DEAD_PID,
             "state": "gone",
             "log": "/logs/broker_18501.log",
+        },
+        {
+            "role": "redis",
+            "server": "redis",
+            "port": 18590,
+            "pid": os.getpid(),
+            "state": "running",
+            "log": "/logs/redis_18590.log",
         },
     ]  # the table's columns, as stable keys
 

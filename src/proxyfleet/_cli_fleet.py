@@ -98,7 +98,7 @@ def _deploy_flag(parser: argparse.ArgumentParser) -> None:
         type=Path,
         required=True,
         metavar="DEPLOY_YAML",
-        help="the deployment file (nginx, servers, routing)",
+        help="the deployment file (nginx, redis, servers, routing)",
     )
     _runtime_flag(parser)
 
@@ -107,10 +107,10 @@ def add_deploy_commands(commands: Any) -> None:
     up = commands.add_parser(
         "up",
         help="multi-process mode: workers behind a generated nginx",
-        description="Validate the deployment, pre-check every port, start the workers, wait for "
-        "their health endpoints, then start nginx. Any failure rolls back what was "
-        "started. Stays in the foreground (Ctrl+C stops everything in order) unless "
-        "--detach.",
+        description="Validate the deployment and its servers' configs, pre-check every port, "
+        "start the deployment's Redis (its 'redis:'), start the workers, wait for their "
+        "health endpoints, then start nginx. Any failure rolls back what was started. "
+        "Stays in the foreground (Ctrl+C stops everything in order) unless --detach.",
     )
     _deploy_flag(up)
     up.add_argument("--detach", action="store_true", help="return once everything is up")
@@ -133,7 +133,9 @@ def add_deploy_commands(commands: Any) -> None:
         action="store_true",
         help="one JSON document: a list of {role, server, port, pid, state, log} (stable keys)",
     )
-    down = commands.add_parser("down", help="stop a deployment: nginx, servers, core last")
+    down = commands.add_parser(
+        "down", help="stop a deployment: nginx, servers, the core, then redis"
+    )
     _deploy_flag(down)
     down.add_argument(
         "--timeout",
@@ -214,7 +216,12 @@ def _logs(args: argparse.Namespace) -> int:
 def _manager(args: argparse.Namespace) -> Manager:
     from proxyfleet.fleet.manager import Manager
 
-    return Manager(args.file.resolve(), _runtime_dir(args), lambda line: print(line, flush=True))
+    return Manager(
+        args.file.resolve(),
+        _runtime_dir(args),
+        lambda line: print(line, flush=True),
+        environ=os.environ,
+    )
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""The deployment model: every validation rule, with the field and both users of a port."""
+"""The deployment model: every validation rule, with the field and both users of a port (the
+deployment's Redis included)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,27 @@ def test_nginx_binary_is_relative_to_the_file(tmp_path: Path, binary: str, expec
         ({"servers__core__extra": 1}, "servers.core.extra", "unknown key"),
         ({"routing__strategy": "header"}, "routing.strategy", "'path' or 'query'"),
         ({"servers": {}}, "servers", "at least 1 item"),
+        # the deployment's Redis: started on a port of its own, or one that exists
+        ({"redis": {"port": 8000}}, "redis.port", "port 8000 is used by both nginx.port and redis"),
+        (
+            {"redis": {"port": 8002}},
+            "servers.broker.port",
+            "port 8002 is used by both redis.port and servers.broker (instance 2)",
+        ),
+        ({"redis": {}}, "redis", "give exactly one of 'port'"),
+        (
+            {"redis": {"port": 6390, "url": "redis://127.0.0.1:6379/0"}},
+            "redis",
+            "give exactly one of 'port'",
+        ),
+        ({"redis": {"url": "http://127.0.0.1:6379"}}, "redis.url", "should match"),
+        (
+            {"redis": {"url": "redis://127.0.0.1:6379/0", "persist": True}},
+            "redis",
+            "'persist' and 'binary' are for a Redis that up starts",
+        ),
+        ({"redis": {"port": 6390, "save": True}}, "redis.save", "unknown key"),
+        ({"redis": {"port": 0}}, "redis.port", "greater than or equal to 1"),
     ],
 )
 def test_invalid(tmp_path: Path, changes: dict[str, object], field: str, reason: str) -> None:
@@ -105,6 +127,23 @@ def test_invalid(tmp_path: Path, changes: dict[str, object], field: str, reason:
     assert info.value.field == field
     assert reason in info.value.reason
     assert info.value.source.endswith("deploy.yaml")
+
+
+def test_the_deployments_redis(tmp_path: Path) -> None:
+    assert _load(tmp_path, BASE).redis is None  # none: every server keeps its own store
+    started = _load(tmp_path, _with(redis={"port": 6390})).redis
+    assert started is not None
+    assert (started.port, started.persist, started.binary) == (6390, False, None)
+    assert started.store_url == "redis://127.0.0.1:6390/0"  # loopback only
+    existing = _load(tmp_path, _with(redis={"url": "redis://10.0.0.5:6379/2"})).redis
+    assert existing is not None
+    assert (existing.port, existing.store_url) == (None, "redis://10.0.0.5:6379/2")
+    binary = _load(tmp_path, _with(redis={"port": 6390, "binary": "bin/redis-server"})).redis
+    assert binary is not None
+    assert binary.binary == str(tmp_path / "bin/redis-server")  # relative to the file
+    named = _load(tmp_path, _with(redis={"port": 6390, "binary": "redis-server"})).redis
+    assert named is not None
+    assert named.binary == "redis-server"  # a command name: looked up on the PATH
 
 
 def test_only_what_processes_run_with_restarts_them(tmp_path: Path) -> None:

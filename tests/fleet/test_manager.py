@@ -61,11 +61,12 @@ def _mock(name: str) -> list[str]:
 
 @pytest.fixture
 def layout(tmp_path: Path, procs: Processes) -> Iterator[dict[str, Any]]:
-    ports = _ports(7)
+    ports = _ports(8)
     upstream = procs.mock("--name", "upstream")
     (tmp_path / "core.yaml").write_text(yaml.safe_dump({"pool": {"upstreams": [upstream.url]}}))
     data = {
         "nginx": {"port": ports[0]},
+        "redis": {"port": ports[7]},  # the core's two instances share one pool
         "servers": {
             "core": {
                 "port": ports[1],
@@ -149,7 +150,7 @@ def test_up_routes_rest_and_websocket_then_down_leaves_nothing(layout: dict[str,
     )
     assert datafeed_ws == 1  # the WebSocket reached a datafeed instance
     ps = run_cli("ps", "-f", str(deploy), env=env).stdout
-    assert ps.count("running") == 7
+    assert ps.count("running") == 8  # nginx, six workers, redis
     state = json.loads(
         next(Path(env["PROXYFLEET_RUNTIME_DIR"]).glob("deploy-*/state.json")).read_text()
     )
@@ -158,7 +159,7 @@ def test_up_routes_rest_and_websocket_then_down_leaves_nothing(layout: dict[str,
     assert len(everyone) > len(leaders)  # the sh wrappers' mocks, nginx's worker
     down = run_cli("down", "-f", str(deploy), env=env, timeout=60)
     assert down.returncode == 0, down.stdout
-    assert "down: stopped 7 processes" in down.stdout
+    assert "down: stopped 8 processes" in down.stdout
     time.sleep(0.2)
     assert not _group_pids(leaders)
     assert all(
@@ -189,10 +190,10 @@ def readme_fleet(tmp_path: Path, procs: Processes) -> Iterator[tuple[int, Proc]]
     core, broker = data["servers"]["core"], data["servers"]["broker"]
     assert "websocket_routes" not in core
     assert core["routes"] == ["/"]
-    ports = _ports(1 + core["instances"] + broker["instances"])
-    data["nginx"]["port"] = ports[0]
-    core["port"] = ports[1]
-    broker["port"] = ports[1 + core["instances"]]
+    ports = _ports(2 + core["instances"] + broker["instances"])
+    data["nginx"]["port"], data["redis"]["port"] = ports[:2]
+    core["port"] = ports[2]
+    broker["port"] = ports[2 + core["instances"]]
     broker["command"] = _mock("broker")  # the README's broker_app is only an example
     (tmp_path / core["config"]).write_text(yaml.safe_dump({"pool": {"upstreams": [upstream.url]}}))
     deploy = tmp_path / "deploy.yaml"

@@ -267,6 +267,15 @@ def test_spawn_logged_appends_output_detached_with_no_stdin(tmp_path: Path) -> N
     assert os.getpgid(0) != child.pid  # we are not in its group: a stop of it spares us
 
 
+def test_spawn_logged_gives_the_child_the_environment_it_is_given(tmp_path: Path) -> None:
+    log = tmp_path / "env.log"
+    script = "import os; print(sorted(k for k in os.environ if k.startswith('PF_TEST')))"
+    env = {"PATH": os.environ.get("PATH", ""), "PF_TEST_ONE": "1"}
+    child = spawn_logged([sys.executable, "-c", script], log, env=env)
+    assert child.wait(10) == 0
+    assert log.read_text().strip() == "['PF_TEST_ONE']"  # that one, and nothing of ours
+
+
 def test_spawn_logged_group_reaches_grandchildren(tmp_path: Path) -> None:
     log = tmp_path / "group.log"
     child = spawn_logged(["sh", "-c", "sleep 30 & echo $!; wait"], log)

@@ -312,6 +312,51 @@ def test_a_refused_change_can_be_fixed_and_refused_again(tmp_path: Path) -> None
     assert "pool.retries" in layout.refusals()[1]
 
 
+def test_a_second_instance_without_a_shared_store_is_refused(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    watcher = Watcher(layout.manager, layout.supervisor, debounce=0.05)
+    data = yaml.safe_load(yaml.safe_dump(layout.data))
+    data["servers"]["core"]["instances"] = 2  # its config keeps the pool in memory
+    layout.write(data)
+    _tick_until_said(watcher, layout.said)
+    (refusal,) = layout.refusals()
+    assert f"{layout.deploy}: servers.core.instances: 2 instances would each keep" in refusal
+    assert layout.supervisor.deployment is layout.deployment
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, {"port": 18390}),  # a Redis added
+        ({"port": 18390}, {"port": 18391}),  # moved
+        ({"port": 18390}, {"port": 18390, "persist": True}),
+        ({"port": 18390}, None),  # taken away
+        ({"url": "redis://127.0.0.1:6379/0"}, {"url": "redis://127.0.0.1:6379/1"}),
+    ],
+)
+def test_a_change_to_redis_is_refused_with_the_reason(
+    tmp_path: Path, before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> None:
+    """Every proxyfleet server's pool lives there: that needs a down and an up."""
+    layout = Layout(tmp_path)
+    if before is not None:
+        layout.data["redis"] = before
+        layout.write(layout.data)
+        layout.deployment = layout.supervisor.deployment = load_deployment(layout.deploy)
+    watcher = Watcher(layout.manager, layout.supervisor, debounce=0.05)
+    data = yaml.safe_load(yaml.safe_dump(layout.data))
+    data.pop("redis", None)
+    if after is not None:
+        data["redis"] = after
+    layout.write(data)
+    _tick_until_said(watcher, layout.said)
+    assert layout.refusals() == [
+        "change refused, the fleet keeps running unchanged: redis: every proxyfleet server's "
+        "pool lives there; a change to it needs 'proxyfleet down' and 'proxyfleet up'"
+    ]
+    assert layout.supervisor.deployment is layout.deployment
+
+
 # -- for real: a config edit, alone, and with a refused deployment edit -----------------------
 
 

@@ -3,6 +3,7 @@
 ::
 
     nginx: {port: 8000, worker_processes: 1, worker_connections: 1024}
+    redis: {port: 6390}     # or {url: redis://host:6379/0}: the servers' shared pool store
     servers:
       core:   {port: 8003, config: core.yaml, routes: [/], health: /health}
       broker: {port: 8001, instances: 2, command: [python, -m, app, --port, "{port}"],
@@ -11,7 +12,8 @@
 
 Errors name the field: a port used twice names both users, a route claimed twice names both
 servers, ``routing.core`` must name a server. Relative paths in the file (a server's
-``config``, ``nginx.binary`` when it holds a ``/``) are relative to the file.
+``config``, ``nginx.binary`` and ``redis.binary`` when they hold a ``/``) are relative to
+the file.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from pydantic import (
 from proxyfleet.config.loader import read_yaml
 from proxyfleet.errors import ConfigError
 
-__all__ = ["Deployment", "NginxSettings", "Routing", "ServerSpec", "load_deployment"]
+__all__ = [
+    "Deployment",
+    "NginxSettings",
+    "RedisSettings",
+    "Routing",
+    "ServerSpec",
+    "load_deployment",
+]
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 Route = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._~/-]*$")]
@@ -50,6 +59,36 @@ class NginxSettings(_Model):
     worker_processes: int = Field(default=1, ge=1, le=64)
     worker_connections: int = Field(default=1024, ge=16)
     binary: str | None = None  # a path, or a command name looked up on PATH; default: nginx
+
+
+class RedisSettings(_Model):
+    """``redis:``: the pool store every proxyfleet server of the deployment shares. Either
+    ``port`` (``up`` runs ``redis-server`` on 127.0.0.1 there, its files under the runtime
+    directory, nothing saved unless ``persist``) or ``url`` (a Redis that exists: checked to
+    answer at ``up``, never started or stopped)."""
+
+    port: Port | None = None
+    url: str | None = Field(default=None, pattern=r"^(redis|rediss|unix)://")
+    persist: bool = False  # append-only file in its directory, kept across down and up
+    binary: str | None = None  # a path, or a command name looked up on PATH: redis-server
+
+    @model_validator(mode="after")
+    def _one_redis(self) -> RedisSettings:
+        if (self.port is None) == (self.url is None):
+            raise ValueError(
+                "give exactly one of 'port' (up starts redis-server there) or 'url' "
+                "(a Redis that runs already)"
+            )
+        if self.url is not None and (self.persist or self.binary is not None):
+            raise ValueError("'persist' and 'binary' are for a Redis that up starts (a 'port')")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        """What every proxyfleet server of the deployment is given as pool.store.redis.url."""
+        if self.url is not None:
+            return self.url
+        return f"redis://127.0.0.1:{self.port}/0"
 
 
 class ServerSpec(_Model):
@@ -83,6 +122,7 @@ class Routing(_Model):
 
 class Deployment(_Model):
     nginx: NginxSettings = NginxSettings()
+    redis: RedisSettings | None = None
     servers: dict[Name, ServerSpec] = Field(min_length=1)
     routing: Routing
 
@@ -105,6 +145,10 @@ def first_problem(d: Deployment) -> tuple[str, str] | None:
             f"{d.routing.core!r} is not one of the servers ({', '.join(sorted(d.servers))})"
         )
     users: dict[int, str] = {d.nginx.port: "nginx.port"}
+    if d.redis is not None and d.redis.port is not None:
+        if d.redis.port in users:
+            return "redis.port", f"port {d.redis.port} is used by both nginx.port and redis.port"
+        users[d.redis.port] = "redis.port"
     for name, server in d.servers.items():
         for i, port in enumerate(server.ports()):
             who = f"servers.{name}" + (f" (instance {i + 1})" if server.instances > 1 else "")
@@ -152,8 +196,15 @@ def load_deployment(path: Path) -> Deployment:
         else spec
         for name, spec in deployment.servers.items()
     }
-    nginx = deployment.nginx
-    binary = nginx.binary
+    nginx = deployment.nginx.model_copy(update={"binary": _binary(base, deployment.nginx.binary)})
+    redis = deployment.redis
+    if redis is not None:
+        redis = redis.model_copy(update={"binary": _binary(base, redis.binary)})
+    return deployment.model_copy(update={"servers": servers, "nginx": nginx, "redis": redis})
+
+
+def _binary(base: Path, binary: str | None) -> str | None:
+    """A binary given as a path is relative to the deployment file; a bare name stays a name."""
     if binary is not None and "/" in binary and not Path(binary).is_absolute():
-        nginx = nginx.model_copy(update={"binary": str(base / binary)})
-    return deployment.model_copy(update={"servers": servers, "nginx": nginx})
+        return str(base / binary)
+    return binary

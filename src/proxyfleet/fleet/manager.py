@@ -1,10 +1,12 @@
 """Multi-process mode: ``up`` / ``ps`` / ``down`` for a deployment file.
 
-``up``: validate → pre-check every port (a start never half-succeeds) → render and check the
-nginx config → start the workers → wait for each health endpoint → start nginx. Any failure
-rolls back everything it started and says why. ``down`` (and Ctrl+C on a foreground ``up``)
-stops in order nginx → functional servers → core: SIGTERM to each process group, SIGKILL after
-the timeout, and checks that no process is left. Two ``up`` of one deployment never run at once
+``up``: validate (the deployment, and every proxyfleet server's config as it will run) →
+pre-check every port (a start never half-succeeds) and that a Redis given by URL answers →
+render and check the nginx config → start the deployment's Redis and wait until it answers →
+start the workers → wait for each health endpoint → start nginx. Any failure rolls back
+everything it started and says why. ``down`` (and Ctrl+C on a foreground ``up``) stops in order
+nginx → functional servers → core → Redis: SIGTERM to each process group, SIGKILL after the
+timeout, and checks that no process is left. Two ``up`` of one deployment never run at once
 (the second is refused); a failure shows only what this ``up``'s processes wrote to their logs.
 """
 
@@ -21,16 +23,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from proxyfleet.errors import ConfigError
-from proxyfleet.fleet.deploy import Deployment, ServerSpec, load_deployment
+from proxyfleet.fleet.deploy import Deployment, RedisSettings, ServerSpec, load_deployment
+from proxyfleet.fleet.gateways import check_gateways, gateway_env
 from proxyfleet.fleet.locks import FileLock, LockBusy
 from proxyfleet.fleet.nginx import find_nginx, prepare_prefix, render_nginx, validate_nginx
 from proxyfleet.fleet.portguard import PortState, inspect, port_owner
 from proxyfleet.fleet.records import log_size, log_tail, process_start_ticks, spawn_logged
+from proxyfleet.fleet.redis_server import find_redis, redis_answers, redis_command
+from proxyfleet.pool.backend import public_url
 
 __all__ = ["Manager", "Process"]
 
@@ -39,7 +44,7 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True, slots=True)
 class Process:
-    role: str  # "nginx" or "worker"
+    role: str  # "nginx", "worker" or "redis"
     server: str
     port: int
     pid: int
@@ -76,11 +81,19 @@ def _listening(port: int) -> bool:
 
 class Manager:
     """One deployment file's processes, with their state under ``runtime_dir`` (absolute: a
-    relative one would mean another place to nginx, which reads it against its prefix)."""
+    relative one would mean another place to nginx, which reads it against its prefix).
+    ``environ`` is the environment every process it starts inherits (default: this one's)."""
 
-    def __init__(self, deploy_path: Path, runtime_dir: Path, say: Say) -> None:
+    def __init__(
+        self,
+        deploy_path: Path,
+        runtime_dir: Path,
+        say: Say,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         if not runtime_dir.is_absolute():
             raise ValueError(f"the runtime directory must be absolute, got {runtime_dir}")
+        self.environ = dict(os.environ if environ is None else environ)
         self.deploy_path = deploy_path.resolve()
         digest = hashlib.sha256(str(self.deploy_path).encode()).hexdigest()[:8]
         self.state_dir = runtime_dir / f"deploy-{deploy_path.stem}-{digest}"
@@ -97,6 +110,11 @@ class Manager:
     @property
     def prefix(self) -> Path:
         return self.state_dir / "nginx"
+
+    @property
+    def redis_dir(self) -> Path:
+        """The working directory and pid file of the Redis that ``up`` starts."""
+        return self.state_dir / "redis"
 
     def _save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -144,21 +162,33 @@ class Manager:
             )
             return 1, None
         binary = find_nginx(deployment.nginx.binary)
+        redis = deployment.redis
+        redis_binary = find_redis(redis.binary) if redis is not None and redis.port else None
+        check_gateways(deployment, self.deploy_path, self.environ)
         blocked = self._blocked_ports(deployment)
         if blocked:
             for line in blocked:
                 self.say(line)
             self.say("not starting anything: free these ports or change the deployment")
             return 1, None
+        if redis is not None and redis.url is not None:
+            problem = redis_answers(redis.url, timeout=5.0)
+            if problem is not None:
+                self.say(f"redis at {public_url(redis.url)} does not answer: {problem}")
+                self.say("not starting anything: start that Redis or change redis.url")
+                return 1, None
         conf = self._write_nginx(deployment, binary)
         try:
+            if redis is not None and redis_binary is not None:
+                self._start_redis(redis_binary, redis, wait)
             for name in reversed(deployment.stop_order()):  # core first
                 server = deployment.servers[name]
                 for port in server.ports():
-                    self._start_worker(name, server, port)
+                    self._start_worker(name, server, port, deployment)
             self._save()
             for process in self.processes:
-                self._wait_healthy(process, deployment.servers[process.server].health, wait)
+                if process.role == "worker":
+                    self._wait_healthy(process, deployment.servers[process.server].health, wait)
             self._start_nginx(binary, conf, deployment, wait)
             self._save()
         except StartFailed as failure:
@@ -166,14 +196,18 @@ class Manager:
             self.stop_processes(self.processes, deployment.stop_order())
             self.state_file.unlink(missing_ok=True)
             return 1, None
+        workers = sum(1 for p in self.processes if p.role == "worker")
+        store = "" if redis is None else f", redis on {_where(redis)}"
         self.say(
             f"up: nginx on http://{deployment.nginx.host}:{deployment.nginx.port} in front "
-            f"of {len(self.processes) - 1} workers; logs in {self.state_dir}"
+            f"of {workers} workers{store}; logs in {self.state_dir}"
         )
         return 0, deployment
 
     def _blocked_ports(self, deployment: Deployment) -> list[str]:
         wanted = [("nginx.port", deployment.nginx.host, deployment.nginx.port)]
+        if deployment.redis is not None and deployment.redis.port is not None:
+            wanted.append(("redis.port", "127.0.0.1", deployment.redis.port))
         for name, server in deployment.servers.items():
             wanted += [(f"servers.{name}", "127.0.0.1", port) for port in server.ports()]
         lines = []
@@ -206,12 +240,23 @@ class Manager:
         assert server.command is not None
         return [part.replace("{port}", str(port)) for part in server.command]
 
-    def _spawn(self, role: str, name: str, port: int, command: list[str]) -> Process:
+    def _spawn(
+        self,
+        role: str,
+        name: str,
+        port: int,
+        command: list[str],
+        env: Mapping[str, str] | None = None,
+    ) -> Process:
+        """Start one process of the deployment, in the deployment file's directory, with
+        ``environ`` and ``env`` on top of it."""
         log = self.state_dir / f"{name}_{port}.log"
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         since = log_size(log)
         try:
-            popen = spawn_logged(command, log, self.deploy_path.parent)
+            popen = spawn_logged(
+                command, log, self.deploy_path.parent, {**self.environ, **(env or {})}
+            )
         except OSError as exc:
             raise StartFailed(f"{name} on port {port}: cannot run {command[0]}: {exc}") from exc
         ticks = process_start_ticks(popen.pid) or 0
@@ -221,8 +266,29 @@ class Manager:
         self.processes.append(process)
         return process
 
-    def _start_worker(self, name: str, server: ServerSpec, port: int) -> None:
-        self._spawn("worker", name, port, self._command(server, port))
+    def _start_worker(
+        self, name: str, server: ServerSpec, port: int, deployment: Deployment
+    ) -> None:
+        """A proxyfleet server gets the deployment's pool store (see :mod:`.gateways`)."""
+        env = gateway_env(deployment) if server.config is not None else {}
+        self._spawn("worker", name, port, self._command(server, port), env)
+
+    def _start_redis(self, binary: str, redis: RedisSettings, wait: float) -> None:
+        assert redis.port is not None
+        self.redis_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        command = redis_command(binary, redis, self.redis_dir)
+        process = self._spawn("redis", "redis", redis.port, command)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self._popen[process.pid].poll() is not None:
+                raise StartFailed(
+                    f"redis-server on port {redis.port} exited with code "
+                    f"{self._popen[process.pid].returncode}; its log ends:\n{self._tail(process)}"
+                )
+            if redis_answers(redis.store_url, timeout=0.5) is None:
+                return
+            time.sleep(0.05)
+        raise StartFailed(f"redis-server did not answer on port {redis.port} within {wait:g}s")
 
     def _wait_healthy(self, process: Process, path: str, wait: float) -> None:
         deadline = time.monotonic() + wait
@@ -260,11 +326,13 @@ class Manager:
     def stop_processes(
         self, processes: list[Process], order: list[str], timeout: float = 10.0
     ) -> list[Process]:
-        """nginx first, then servers in ``order``; returns the processes left alive (none)."""
+        """nginx first, then servers in ``order``, Redis last (every server's pool lives there
+        until it stopped); returns the processes left alive (none)."""
         groups = [[p for p in processes if p.role == "nginx"]]
         groups += [
             [p for p in processes if p.role == "worker" and p.server == name] for name in order
         ]
+        groups.append([p for p in processes if p.role == "redis"])
         for group in groups:
             live = [p for p in group if p.alive()]
             for p in live:
@@ -316,6 +384,10 @@ class Manager:
         return 0
 
 
+def _where(redis: RedisSettings) -> str:
+    return f"127.0.0.1:{redis.port}" if redis.port is not None else public_url(redis.store_url)
+
+
 def _killpg(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -349,7 +421,10 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.manager.say("stopping: nginx, then the servers, the core last")
+        redis = any(p.role == "redis" for p in self.manager.processes)
+        self.manager.say(
+            "stopping: nginx, then the servers, the core last" + (", then redis" if redis else "")
+        )
         left = self.manager.stop_processes(self.manager.processes, self.deployment.stop_order())
         self.manager.state_file.unlink(missing_ok=True)
         return 1 if left else 0

@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,8 +29,14 @@ __all__ = [
 ]
 
 
-def spawn_logged(command: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``command`` detached in a process group of its own, output appended to ``log``.
+def spawn_logged(
+    command: list[str],
+    log: Path,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` detached in a process group of its own, output appended to ``log``
+    (``env``: its whole environment; default: this process's).
 
     The group lets a stop reach the process and every child it starts."""
     with log.open("ab") as handle:
@@ -40,6 +47,7 @@ def spawn_logged(command: list[str], log: Path, cwd: Path | None = None) -> subp
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=cwd,
+            env=env,
         )
 
 

@@ -2,6 +2,8 @@
 re-validated and applied: nginx re-rendered, checked and reloaded, and only the servers whose
 definition or config changed restarted. Debounced; an invalid change is reported and the
 running fleet keeps going unchanged. Only the watched files trigger it, never our own output.
+A change to ``redis:`` is refused with the reason: every proxyfleet server's pool lives there,
+so it takes a ``down`` and an ``up``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from proxyfleet.config import load_config, resolve_backends
 from proxyfleet.errors import ConfigError
 from proxyfleet.fleet.deploy import Deployment, load_deployment
+from proxyfleet.fleet.gateways import check_gateways
 from proxyfleet.fleet.manager import Manager, StartFailed, Supervisor
 from proxyfleet.fleet.nginx import find_nginx, render_nginx, validate_nginx
 from proxyfleet.fleet.portguard import PortState, inspect, port_owner
@@ -82,9 +84,14 @@ class Watcher:
         old = self.supervisor.deployment
         try:
             new = load_deployment(self.manager.deploy_path)
-            for server in new.servers.values():
-                if server.config is not None:
-                    resolve_backends(load_config(server.config))
+            check_gateways(new, self.manager.deploy_path, self.manager.environ)
+            if new.redis != old.redis:
+                say(
+                    "change refused, the fleet keeps running unchanged: redis: every proxyfleet "
+                    "server's pool lives there; a change to it needs 'proxyfleet down' and "
+                    "'proxyfleet up'"
+                )
+                return False
             binary = find_nginx(new.nginx.binary)
             check = self.manager.prefix / "nginx-next.conf"
             check.write_text(render_nginx(new, self.manager.prefix))
@@ -148,7 +155,7 @@ class Watcher:
         for name in sorted(start):
             server = new.servers[name]
             for port in server.ports():
-                manager._start_worker(name, server, port)
+                manager._start_worker(name, server, port, new)
                 started.append((manager.processes[-1], server.health))
         for process, health in started:
             manager._wait_healthy(process, health, 30.0)
