@@ -445,11 +445,7 @@ class Elastic:
             "provisioned_total": self.provisioned,
             "released_total": self.released,
             "failures_total": self.failures,
-            "breaker": {
-                "state": self._breaker.state(now).value,
-                "consecutive_failures": self._breaker.consecutive,
-                "retry_in_seconds": round(self._breaker.remaining(now), 3),
-            },
+            "breaker": self._breaker.describe(now),
             "blocked": self.health.reason,
             "unauthorized": self._key.reason,
             "orchestrator": None if self.health.status is None else self.health.status.fields(),

@@ -70,6 +70,14 @@ class Breaker:
             return 0.0
         return max(0.0, self.cooldown - (now - self.opened_at))
 
+    def describe(self, now: float) -> dict[str, object]:
+        """What ``/admin/pool`` shows of it."""
+        return {
+            "state": self.state(now).value,
+            "consecutive_failures": self.consecutive,
+            "retry_in_seconds": round(self.remaining(now), 3),
+        }
+
     def success(self) -> None:
         self.consecutive = 0
         self.opened_at = None
