@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,16 +35,18 @@ pytestmark = pytest.mark.skipif(
 
 
 def _ports(n: int) -> list[int]:
-    """n consecutive free ports (a server's instances take port, port+1, …)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + n > 65000:
-            continue
+    """n consecutive free ports (a server's instances take port, port+1, …), below the
+    ephemeral range: no outgoing connection takes one meanwhile, none is left in TIME_WAIT by
+    an earlier test's clients, and a health check of one not listening yet cannot meet
+    itself. Probed as the servers bind (SO_REUSEADDR)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10_000, max(10_001, low - n))
         free = True
         for port in range(base, base + n):
             with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:

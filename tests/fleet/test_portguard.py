@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +14,13 @@ import pytest
 from proxyfleet.fleet.portguard import (
     Facts,
     PortState,
+    answers_health,
     classify,
+    connect,
     free_port,
+    http_get,
     inspect,
+    is_ready,
     port_owner,
 )
 from proxyfleet.fleet.records import (
@@ -81,3 +87,41 @@ def test_records_round_trip_and_know_their_process(tmp_path: Path) -> None:
     files.pid.write_text("{torn")
     assert read_record(files) is None
     assert process_start_ticks(2**22 + 7) is None
+
+
+def _echo_server() -> tuple[socket.socket, threading.Thread]:
+    """A listener that sends back what it reads: what a health check meets when its
+    connection to a port nobody listens on met itself (TCP simultaneous open)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.settimeout(2)
+                    with contextlib.suppress(OSError):
+                        conn.sendall(conn.recv(65536))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def test_a_port_that_answers_with_something_other_than_http_is_not_a_proxyfleet() -> None:
+    server, _ = _echo_server()
+    port = server.getsockname()[1]
+    try:
+        assert answers_health("127.0.0.1", port) is None
+        assert not is_ready("127.0.0.1", port)
+        assert http_get("127.0.0.1", port, "/ready", 1.0) is None
+        assert inspect("127.0.0.1", port, True) is PortState.FOREIGN
+    finally:
+        server.close()
+
+
+def test_http_get_of_a_port_nobody_listens_on_is_none() -> None:
+    port = free_port("127.0.0.1")
+    assert port is not None
+    assert http_get("127.0.0.1", port, "/health", 1.0) is None
+    assert connect("127.0.0.1", port, 1.0) is None

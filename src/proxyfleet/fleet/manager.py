@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from proxyfleet.fleet.deploy import Deployment, RedisSettings, ServerSpec, load_
 from proxyfleet.fleet.gateways import check_gateways, gateway_env
 from proxyfleet.fleet.locks import FileLock, LockBusy
 from proxyfleet.fleet.nginx import find_nginx, prepare_prefix, render_nginx, validate_nginx
-from proxyfleet.fleet.portguard import PortState, inspect, port_owner
+from proxyfleet.fleet.portguard import PortState, connect, http_get, inspect, port_owner
 from proxyfleet.fleet.records import log_size, log_tail, process_start_ticks, spawn_logged
 from proxyfleet.fleet.redis_server import find_redis, redis_answers, redis_command
 from proxyfleet.pool.backend import public_url
@@ -60,23 +58,16 @@ class StartFailed(Exception):
 
 
 def _healthy(port: int, path: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as response:
-            return bool(response.status < 400)
-    except urllib.error.HTTPError as error:
-        error.close()
-        return False
-    except OSError:
-        return False
+    got = http_get("127.0.0.1", port, path, 1.0)
+    return got is not None and got[0] < 400
 
 
 def _listening(port: int) -> bool:
-    with (
-        contextlib.suppress(OSError),
-        __import__("socket").create_connection(("127.0.0.1", port), 0.5),
-    ):
-        return True
-    return False
+    sock = connect("127.0.0.1", port, 0.5)
+    if sock is None:
+        return False
+    sock.close()
+    return True
 
 
 class Manager:

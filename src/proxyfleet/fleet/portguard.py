@@ -2,17 +2,18 @@
 
 :func:`classify` is the pure decision; :func:`inspect` gathers the facts (can we bind, does a
 proxyfleet answer ``/health`` there, is our record's process alive and ours, who holds it).
+:func:`connect` and :func:`http_get` are how the fleet asks a port anything: whatever answers
+there (or nothing), they return or give None, never raise.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
+import http.client
 import json
 import os
 import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,9 @@ __all__ = [
     "PortState",
     "answers_health",
     "classify",
+    "connect",
     "free_port",
+    "http_get",
     "inspect",
     "is_ready",
     "port_owner",
@@ -75,32 +78,57 @@ def free_port(host: str) -> int | None:
         return int(sock.getsockname()[1])
 
 
-def answers_health(host: str, port: int, timeout: float = 1.0) -> dict[str, object] | None:
-    shown = f"[{host}]" if ":" in host else host
+def connect(host: str, port: int, timeout: float) -> socket.socket | None:
+    """A TCP connection to what listens on ``host:port``, or None. A connection to a port of
+    the ephemeral range where nothing listens yet can meet itself (TCP simultaneous open: the
+    kernel picked that very port as its source); it is closed at once and counts as nothing
+    listening, since it also holds the port the server is about to bind."""
     try:
-        with urllib.request.urlopen(f"http://{shown}:{port}/health", timeout=timeout) as response:
-            data = json.load(response)
-    except urllib.error.HTTPError as error:
-        with error:
-            try:
-                data = json.load(error)
-            except ValueError:
-                return None
-    except (OSError, ValueError):
+        sock = socket.create_connection((host, port), timeout)
+    except OSError:
+        return None
+    try:
+        if sock.getsockname()[:2] == sock.getpeername()[:2]:
+            sock.close()
+            return None
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, bytes] | None:
+    """``GET path`` on ``host:port``: the status and body, or None when nothing answers there
+    in HTTP (refused, timed out, another protocol, a connection that met itself)."""
+    sock = connect(host, port, timeout)
+    if sock is None:
+        return None
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn.sock = sock
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def answers_health(host: str, port: int, timeout: float = 1.0) -> dict[str, object] | None:
+    got = http_get(host, port, "/health", timeout)
+    if got is None:
+        return None
+    try:
+        data = json.loads(got[1])
+    except ValueError:
         return None
     return data if isinstance(data, dict) and "backends" in data else None
 
 
 def is_ready(host: str, port: int, timeout: float = 0.5) -> bool:
-    shown = f"[{host}]" if ":" in host else host
-    try:
-        with urllib.request.urlopen(f"http://{shown}:{port}/ready", timeout=timeout) as response:
-            return bool(response.status == 200)
-    except urllib.error.HTTPError as error:
-        error.close()
-        return False
-    except OSError:
-        return False
+    got = http_get(host, port, "/ready", timeout)
+    return got is not None and got[0] == 200
 
 
 def inspect(host: str, port: int, record_alive_and_ours: bool) -> PortState:
