@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Result, free_port, median, process, wait_port, wrk
+from procs import Result, children, cpu_seconds, free_port, median, process, wait_port, wrk
 from proxyfleet.pool import Grant, Member, MemoryStore, Outcome, PoolStore
 from proxyfleet.pool.health import HealthPolicy
 from proxyfleet.pool.redis import RedisStore
@@ -71,14 +71,15 @@ def lease_rates(url: str, seconds: float, tasks: int) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def redis_server(work: Path) -> Iterator[str]:
+def redis_server(work: Path) -> Iterator[tuple[str, int]]:
+    """A ``redis-server`` on core 1, nothing saved: its URL and its pid."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
     args = ["taskset", "-c", "1", binary, "--bind", "127.0.0.1", "--port", str(port),
             "--save", "", "--appendonly", "no", "--dir", str(work)]  # fmt: skip
-    with process(args, work / "redis.log"):
+    with process(args, work / "redis.log") as redis:
         wait_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", redis.pid
 
 
 def store_figures(
@@ -99,7 +100,7 @@ def store_figures(
     if shutil.which("redis-server") is None:
         return "store: skipped, redis-server is not installed (apt-get install redis-server)"
     lines = []
-    with redis_server(work) as url:
+    with redis_server(work) as (url, redis_pid):
         affinity = _pin_self({0})
         try:
             shared, local = lease_rates(url, max(2.0, duration), tasks)
@@ -117,8 +118,9 @@ def store_figures(
             "redis, 2 workers": (shared_config, "0,1", 2),
         }
         samples: dict[str, list[Result]] = {name: [] for name in targets}
+        cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
         with contextlib.ExitStack() as stack:
-            ports = {}
+            ports, pids = {}, {}
             for name, (conf, cores, workers) in targets.items():
                 port = free_port()
                 conf_path = work / f"store-{name.replace(', ', '-').replace(' ', '')}.yaml"
@@ -126,15 +128,22 @@ def store_figures(
                 conf_path.write_text(json.dumps(served))
                 command = ["taskset", "-c", cores, py, "-m", "proxyfleet", "serve", "-c",
                            str(conf_path), "--workers", str(workers)]  # fmt: skip
-                stack.enter_context(process(command, work / f"{conf_path.stem}.log", env))
-                ports[name] = port
+                served_by = stack.enter_context(
+                    process(command, work / f"{conf_path.stem}.log", env)
+                )
+                ports[name], pids[name] = port, served_by.pid
             for port in ports.values():
                 wait_port(port, 60)
                 wrk(f"http://127.0.0.1:{port}{path}", lua, connections, 1)  # warm up
             for _ in range(rounds):
                 for name, port in ports.items():
                     url_of = f"http://127.0.0.1:{port}{path}"
-                    samples[name].append(wrk(url_of, lua, connections, duration))
+                    before = _cpu(pids[name]), cpu_seconds(redis_pid)
+                    result = wrk(url_of, lua, connections, duration)
+                    samples[name].append(result)
+                    spent = _cpu(pids[name]) - before[0], cpu_seconds(redis_pid) - before[1]
+                    count = max(result.requests, 1)
+                    cpu[name].append((1e6 * spent[0] / count, 1e6 * spent[1] / count))
     rows = {name: median(results) for name, results in samples.items()}
     for name, row in rows.items():
         lines.append(
@@ -146,9 +155,23 @@ def store_figures(
         values = sorted(x.rps / y.rps for x, y in zip(samples[a], samples[b], strict=True))
         return f"{values[len(values) // 2]:.3f} (rounds: {', '.join(f'{v:.3f}' for v in values)})"
 
+    def per_request(name: str) -> str:
+        gateway = sorted(g for g, _ in cpu[name])[len(cpu[name]) // 2]
+        redis = sorted(r for _, r in cpu[name])[len(cpu[name]) // 2]
+        shown = f"{name} {gateway:.0f} us"
+        return shown if name == "memory" else f"{shown} + redis-server {redis:.0f} us"
+
+    lines.append(
+        "store: CPU per request (median of rounds): " + "; ".join(map(per_request, targets))
+    )
     lines.append(f"store: ratio redis/memory: {ratio('redis', 'memory')}")
     lines.append(f"store: ratio 2 workers/1 (redis): {ratio('redis, 2 workers', 'redis')}")
     return "\n".join(lines)
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds of a gateway: its process and (with --workers) its workers."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
 
 
 def _pin_self(cores: set[int]) -> set[int]:

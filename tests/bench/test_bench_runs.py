@@ -109,7 +109,8 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
     for proxy in ("proxyfleet", "nginx"):
         assert re.search(
             rf"^{proxy}: 200/200 streams completed, 0 failed \(none\); peak held 200 at the "
-            r"client, 200 upstream; [\d.]+ s; memory per held stream [\d.-]+ KB; "
+            r"client, 200 upstream; [\d.]+ s \(all open after [\d.]+ s\); "
+            r"memory per held stream [\d.-]+ KB; "
             r"CPU per stream-second \d+ us$",
             out,
             re.M,
@@ -130,5 +131,11 @@ def test_bench_prints_ratios_latency_and_memory() -> None:
         assert re.search(
             rf"^store: gateway {target}: [\d,]+ req/s, p50 [\d.]+ ms, errors 0$", out, re.M
         ), out
+    assert re.search(
+        r"^store: CPU per request \(median of rounds\): memory \d+ us; redis \d+ us \+ "
+        r"redis-server \d+ us; redis, 2 workers \d+ us \+ redis-server \d+ us$",
+        out,
+        re.M,
+    ), out
     assert re.search(r"^store: ratio redis/memory: \d\.\d{3} ", out, re.M), out
     assert re.search(r"^store: ratio 2 workers/1 \(redis\): \d\.\d{3} ", out, re.M), out

@@ -194,6 +194,7 @@ class RedisStore:
         try:
             await self._open()
         except BaseException:
+            await self._batch.aclose()
             await self._redis.aclose()
             raise
         self._state = _State.OPEN
@@ -243,6 +244,7 @@ class RedisStore:
             with contextlib.suppress(*_REDIS_ERRORS):
                 await self._settle_pending()
                 await self._redis.zrem(f"{self._prefix}:procs", self.process)
+            await self._batch.aclose()
             await self._redis.aclose()
 
     def watch(self, listener: Listener) -> None:

@@ -1,27 +1,51 @@
-"""Script calls batched per turn of the event loop: one round trip to Redis for all of them.
+"""Script calls on one pipelined connection: every call made in a turn of the event loop goes
+out in one write, and the answers come back in order.
 
-A busy gateway asks the store for many leases and releases at once; each asked alone costs a
-write, a read and the client's own work per command. Calls made in the same turn of the loop
-go out as one pipeline (not a transaction: each script is atomic by itself) and each caller
-gets its own answer or its own error. A script Redis no longer knows (it restarted) is loaded
-again and the batch sent again.
+A busy gateway asks the store for a lease and a release per request. Through redis-py's
+command path each call costs a pooled connection, a command packed in Python, a write and a
+read of its own: more CPU in the gateway than the request itself (measured with
+``bench/run.py --only store``). Here a call is packed by hiredis (redis-py's own parser
+library) into a buffer; the buffer goes out once per turn of the loop on a connection kept for
+scripts alone, opened by redis-py (so the URL, AUTH, the database and TLS are as for every
+other command); one reader task hands each answer to its caller in order. One connection also
+keeps Redis's order the one the gateway asked in: a release sent before an acquire is run
+before it.
+
+Each caller gets its own answer or its own error. A script Redis no longer knows (it
+restarted) is loaded again and the call sent again; a call whose connection was lost is sent
+once more on a new one (a Redis that restarted closed the old one), and after that the error
+is the caller's. A call waits at most the store's timeout for its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hashlib
-from typing import Any
+import math
+from typing import Any, cast
 
+import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.connection import AbstractConnection
 
 __all__ = ["ScriptBatcher"]
+
+_LOST = (redis.exceptions.ConnectionError, OSError)
+
+
+def _pack(*parts: Any) -> bytes:
+    """One command in RESP, packed by hiredis."""
+    packed: bytes = hiredis.pack_command(cast(Any, parts))
+    return packed
 
 
 class ScriptBatcher:
     """``await batcher.call(name, args)``: the script ``name`` of ``scripts`` run with
-    ``args``, sent with every other call made in the same turn of the event loop."""
+    ``args``, written with every other call made in the same turn of the event loop.
+    :meth:`aclose` closes its connection."""
 
     def __init__(self, client: aioredis.Redis, scripts: dict[str, str]) -> None:
         self._client = client
@@ -29,62 +53,135 @@ class ScriptBatcher:
         self._shas = {
             name: hashlib.sha1(text.encode()).hexdigest() for name, text in scripts.items()
         }
-        self._queue: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._timeout: float | None = float(timeout) if timeout else None
+        self._conn: AbstractConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._answers: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._out: list[bytes] = []  # packed calls of this turn, not written yet
+        self._callers: list[asyncio.Future[Any]] = []  # their futures, in the same order
         self._flushing = False
-        self._sending: set[asyncio.Task[None]] = set()
+        self._writing: set[asyncio.Task[None]] = set()
+        self._connecting = asyncio.Lock()
 
     async def load(self) -> None:
         """Every script into Redis's cache (at open, and after Redis forgot them)."""
         for text in self._sources.values():
-            await self._client.script_load(text)
+            answer = await self._retried(_pack("SCRIPT", "LOAD", text))
+            if isinstance(answer, Exception):
+                raise answer
 
-    def call(self, name: str, args: list[Any]) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((name, args, future))
+    async def call(self, name: str, args: list[Any]) -> Any:
+        command = _pack("EVALSHA", self._shas[name], 0, *args)
+        answer = await self._retried(command)
+        if isinstance(answer, redis.exceptions.NoScriptError):
+            await self.load()  # Redis restarted and forgot them
+            answer = await self._ask(command)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def aclose(self) -> None:
+        for task in list(self._writing):  # what was asked is written first
+            with contextlib.suppress(Exception):
+                await task
+        reader = self._reader
+        self._drop(redis.exceptions.ConnectionError("the store closed"))
+        for task in [*self._writing, *([reader] if reader is not None else [])]:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+
+    # -- internals ---------------------------------------------------------------------------
+    async def _retried(self, command: bytes) -> Any:
+        try:
+            return await self._ask(command)
+        except _LOST:  # a connection Redis had closed: once more, on a new one
+            return await self._ask(command)
+
+    async def _ask(self, command: bytes) -> Any:
+        """The answer to one packed command: a reply, or the ResponseError Redis gave."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._out.append(command)
+        self._callers.append(future)
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        return future
+            loop.call_soon(self._flush)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await future  # on a timeout it is cancelled: its answer is dropped
+        except TimeoutError:
+            raise redis.exceptions.TimeoutError(
+                f"Redis did not answer within {self._timeout:g}s"
+            ) from None
 
     def _flush(self) -> None:
-        batch, self._queue = self._queue, []
         self._flushing = False
-        task = asyncio.ensure_future(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        data, callers = b"".join(self._out), self._callers
+        self._out, self._callers = [], []
+        task = asyncio.ensure_future(self._write(data, callers))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
 
-    async def _send(self, batch: list[tuple[str, list[Any], asyncio.Future[Any]]]) -> None:
+    async def _write(self, data: bytes, callers: list[asyncio.Future[Any]]) -> None:
         try:
-            try:
-                results = await self._execute(batch)
-            except redis.exceptions.ConnectionError:  # a pooled connection Redis closed
-                results = await self._execute(batch)
-            if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-                await self.load()  # Redis restarted and forgot them
-                results = await self._execute(batch)
-        except BaseException as exc:  # the batch could not be sent: every caller hears why
-            for _, _, future in batch:
+            async with self._connecting:  # writes and their answers stay in one order
+                conn = await self._connected()
+                self._answers.extend(callers)
+                await conn.send_packed_command(data, check_health=False)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else redis.exceptions.ConnectionError()
+            for future in callers:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(error)
+            self._drop(error)
             if not isinstance(exc, Exception):
                 raise
-            return
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
 
-    async def _execute(self, batch: list[tuple[str, list[Any], asyncio.Future[Any]]]) -> list[Any]:
-        if len(batch) == 1:
-            name, args, _ = batch[0]
-            try:
-                return [await self._client.evalsha(self._shas[name], 0, *args)]
-            except redis.exceptions.ResponseError as exc:
-                return [exc]
-        pipe = self._client.pipeline(transaction=False)
-        for name, args, _ in batch:
-            pipe.evalsha(self._shas[name], 0, *args)
-        return list(await pipe.execute(raise_on_error=False))
+    async def _connected(self) -> AbstractConnection:
+        if self._conn is None:
+            conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            await conn.connect()
+            self._conn = conn
+            self._reader = asyncio.ensure_future(self._read(conn))
+        return self._conn
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        """Each answer to the caller first in line; a lost connection fails every caller still
+        waiting on it."""
+        try:
+            while True:
+                try:
+                    answer: Any = await conn.read_response(
+                        disable_decoding=True, timeout=math.inf, disconnect_on_error=False
+                    )
+                except redis.exceptions.ResponseError as exc:
+                    answer = exc
+                if self._answers:
+                    future = self._answers.popleft()
+                    if not future.done():
+                        future.set_result(answer)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._conn is conn:
+                self._drop(exc)
+
+    def _drop(self, error: BaseException) -> None:
+        """Close the connection; every caller waiting for an answer on it hears ``error``."""
+        conn, self._conn = self._conn, None
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        while self._answers:
+            future = self._answers.popleft()
+            if not future.done():
+                future.set_exception(
+                    error
+                    if isinstance(error, _LOST)
+                    else redis.exceptions.ConnectionError(f"lost the connection: {error}")
+                )
+        if conn is not None:
+            task = asyncio.ensure_future(conn.disconnect(nowait=True))
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
