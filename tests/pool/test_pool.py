@@ -4,12 +4,15 @@ whatever changed, and its lifecycle."""
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 
 import pytest
 
 from proxyfleet.errors import PoolClosed, StateError
 from proxyfleet.pool import BackendSpec, Member, MemoryStore, Pool, PoolState
 from proxyfleet.pool.health import HealthPolicy
+from tests.pool.stores import STORES
 from tests.virtual import run
 
 
@@ -95,3 +98,37 @@ def test_waiting_time_is_measured_on_the_loops_clock() -> None:
             await lease.release()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("store_name", sorted(STORES))
+async def test_requests_cancelled_at_any_point_of_their_acquire_leave_no_lease(
+    store_name: str,
+) -> None:
+    """A client that leaves while its request asks for a lease: the lease it was being given,
+    whether it was on its way from the store or handed to it as a waiter, goes back at once
+    (not when a lease_ttl ends, and never renewed on for nobody)."""
+    specs = [spec(f"b{i}") for i in range(3)]
+    policy = HealthPolicy()
+    store = STORES[store_name]([s.member for s in specs], policy, time.time)
+    rng = random.Random(7)
+    async with Pool(specs, store=store) as pool:
+
+        async def client(n: int) -> None:
+            try:
+                async with pool.lease(f"r{n}", timeout=30):
+                    await asyncio.sleep(rng.uniform(0, 0.004))
+            except asyncio.CancelledError:
+                pass
+
+        for _ in range(40):  # rounds of 30 clients for 3 backends, some cancelled anywhere
+            tasks = [asyncio.ensure_future(client(n)) for n in range(30)]
+            for _ in range(12):
+                await asyncio.sleep(rng.uniform(0, 0.003))
+                rng.choice(tasks).cancel()
+            await asyncio.gather(*tasks)
+        deadline = time.monotonic() + 5  # releases in flight land; nothing waits for a ttl
+        while any(s.inflight for s in await pool.snapshot()):
+            assert time.monotonic() < deadline, await pool.snapshot()
+            await asyncio.sleep(0.05)
+        async with pool.lease("after", timeout=1):  # and every backend serves again
+            pass

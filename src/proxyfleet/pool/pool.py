@@ -290,11 +290,12 @@ class Pool:
         waiter = _Waiter(future, request_id, exclude, loop.time())
         self._waiters[waiter] = None
         timer = loop.call_later(timeout, self._expire, waiter, timeout)
-        if len(self._waiters) == 1:  # releases elsewhere must reach us from now on
-            await self._store.want(lambda: len(self._waiters))
-        if len(self._waiters) == 1 or exclude:
-            self._kick()  # capacity may exist for this waiter already
+        first = len(self._waiters) == 1
         try:
+            if first:  # releases elsewhere must reach us from now on
+                await self._store.want(lambda: len(self._waiters))
+            if first or exclude:
+                self._kick()  # capacity may exist for this waiter already
             grant = await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.exception() is None:
@@ -303,6 +304,8 @@ class Pool:
         finally:
             timer.cancel()
             self._waiters.pop(waiter, None)
+            if not future.done():  # left before it was served: a grant on its way goes back
+                future.cancel()
         spec = self.spec(grant.backend_id)
         return Lease(self, grant, spec, request_id, loop.time() - waiter.since)
 

@@ -175,6 +175,7 @@ class RedisStore:
         self.lost_leases = 0  # leases that expired before this process released them
         self.calls_in_flight = 0  # scripts sent and not answered yet
         self._waiting: Callable[[], int] = lambda: 0  # this process's waiters, as the pool says
+        self._orphaned: set[asyncio.Task[Any]] = set()  # releases of grants nobody took
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -241,6 +242,9 @@ class RedisStore:
         if self._timer is not None:
             self._timer.cancel()
         if self._redis is not None:
+            for task in list(self._orphaned):  # grants nobody took go back before we leave
+                with contextlib.suppress(StoreUnavailable, *_REDIS_ERRORS):
+                    await task
             with contextlib.suppress(*_REDIS_ERRORS):
                 await self._settle_pending()
                 await self._redis.zrem(f"{self._prefix}:procs", self.process)
@@ -265,10 +269,12 @@ class RedisStore:
         self._check_open()
         who = json.dumps({"rid": holder, "process": self.process, "host": self._host})
         args = (who, self._ttl, only or "", json.dumps(list(exclude)), *self._policy_args())
-        answer = await self._call("ACQUIRE", strategy, *self._args(), *args)
+        answer = await self._call("ACQUIRE", strategy, *self._args(), *args, orphan=self._orphan)
         if int(answer[0]) == -1:  # Redis restarted empty: the pool again, then the same ask
             await self._reopen()
-            answer = await self._call("ACQUIRE", strategy, *self._args(), *args)
+            answer = await self._call(
+                "ACQUIRE", strategy, *self._args(), *args, orphan=self._orphan
+            )
         if int(answer[0]) == 1:
             grant = Grant(_text(answer[1]), int(answer[2]))
             self._held[f"{grant.backend_id}:{grant.token}"] = who
@@ -276,6 +282,14 @@ class RedisStore:
         reason = NoCandidate.BUSY if _text(answer[1]) == "busy" else NoCandidate.NONE
         retry = _text(answer[2])
         return Unavailable(reason, float(retry) if retry else None)
+
+    def _orphan(self, answer: Any) -> None:
+        """A grant whose asker stopped waiting (it left, or timed out) goes straight back."""
+        if int(answer[0]) == 1 and self._state is _State.OPEN:
+            grant = Grant(_text(answer[1]), int(answer[2]))
+            task = asyncio.ensure_future(self._release(grant, Outcome.NEUTRAL))
+            self._orphaned.add(task)
+            task.add_done_callback(self._orphaned.discard)
 
     async def release(self, grant: Grant, outcome: Outcome) -> bool:
         entry = f"{grant.backend_id}:{grant.token}"
@@ -393,10 +407,12 @@ class RedisStore:
     def _policy_args(self) -> tuple[Any, ...]:
         return (self._policy.unhealthy_after, repr(self._policy.cooldown))
 
-    async def _call(self, name: str, *args: Any) -> Any:
+    async def _call(
+        self, name: str, *args: Any, orphan: Callable[[Any], None] | None = None
+    ) -> Any:
         self.calls_in_flight += 1
         try:
-            answer = await self._batch.call(name, [self._prefix, *args])
+            answer = await self._batch.call(name, [self._prefix, *args], orphan)
         except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
         finally:

@@ -24,6 +24,7 @@ import collections
 import contextlib
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -63,6 +64,7 @@ class ScriptBatcher:
         self._flushing = False
         self._writing: set[asyncio.Task[None]] = set()
         self._connecting = asyncio.Lock()
+        self._orphans: dict[asyncio.Future[Any], Callable[[Any], None]] = {}
 
     async def load(self) -> None:
         """Every script into Redis's cache (at open, and after Redis forgot them)."""
@@ -71,12 +73,17 @@ class ScriptBatcher:
             if isinstance(answer, Exception):
                 raise answer
 
-    async def call(self, name: str, args: list[Any]) -> Any:
+    async def call(
+        self, name: str, args: list[Any], orphan: Callable[[Any], None] | None = None
+    ) -> Any:
+        """The answer of the script ``name``. ``orphan`` is given the answer that comes after
+        its caller stopped waiting (cancelled, timed out): what the script did is still done
+        (a grant it made goes back through it)."""
         command = _pack("EVALSHA", self._shas[name], 0, *args)
-        answer = await self._retried(command)
+        answer = await self._retried(command, orphan)
         if isinstance(answer, redis.exceptions.NoScriptError):
             await self.load()  # Redis restarted and forgot them
-            answer = await self._ask(command)
+            answer = await self._ask(command, orphan)
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -92,13 +99,13 @@ class ScriptBatcher:
                 await task
 
     # -- internals ---------------------------------------------------------------------------
-    async def _retried(self, command: bytes) -> Any:
+    async def _retried(self, command: bytes, orphan: Callable[[Any], None] | None = None) -> Any:
         try:
-            return await self._ask(command)
+            return await self._ask(command, orphan)
         except _LOST:  # a connection Redis had closed: once more, on a new one
-            return await self._ask(command)
+            return await self._ask(command, orphan)
 
-    async def _ask(self, command: bytes) -> Any:
+    async def _ask(self, command: bytes, orphan: Callable[[Any], None] | None = None) -> Any:
         """The answer to one packed command: a reply, or the ResponseError Redis gave."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -109,8 +116,17 @@ class ScriptBatcher:
             loop.call_soon(self._flush)
         try:
             async with asyncio.timeout(self._timeout):
-                return await future  # on a timeout it is cancelled: its answer is dropped
-        except TimeoutError:
+                return await future  # on a timeout it is cancelled, as when its caller is
+        except BaseException as exc:
+            if orphan is not None:
+                if future.cancelled():  # its answer, when it comes, goes to the orphan
+                    self._orphans[future] = orphan
+                elif future.done() and future.exception() is None:
+                    answer = future.result()  # came, but its caller was cancelled meanwhile
+                    if not isinstance(answer, Exception):
+                        orphan(answer)
+            if not isinstance(exc, TimeoutError):
+                raise
             raise redis.exceptions.TimeoutError(
                 f"Redis did not answer within {self._timeout:g}s"
             ) from None
@@ -161,6 +177,10 @@ class ScriptBatcher:
                     future = self._answers.popleft()
                     if not future.done():
                         future.set_result(answer)
+                    elif self._orphans:
+                        orphan = self._orphans.pop(future, None)
+                        if orphan is not None and not isinstance(answer, Exception):
+                            orphan(answer)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -173,6 +193,7 @@ class ScriptBatcher:
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
+        self._orphans.clear()  # their answers will not come: what they did ends by ttl
         while self._answers:
             future = self._answers.popleft()
             if not future.done():
