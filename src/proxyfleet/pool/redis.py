@@ -31,7 +31,6 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, Self, cast
 
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from proxyfleet.errors import StateError, StoreConflict, StoreUnavailable
 from proxyfleet.logs import event
@@ -39,6 +38,7 @@ from proxyfleet.pool import redis_scripts as lua
 from proxyfleet.pool.backend import Member, public_url
 from proxyfleet.pool.health import Health, HealthPolicy, HealthRecord, Outcome, state_of
 from proxyfleet.pool.redis_batch import ScriptBatcher
+from proxyfleet.pool.redis_feed import REDIS_ERRORS, follow, text
 from proxyfleet.pool.selection import Strategy
 from proxyfleet.pool.store import (
     BackendStatus,
@@ -54,7 +54,7 @@ __all__ = ["RedisStore"]
 
 _log = logging.getLogger("proxyfleet.pool")
 _KINDS = {kind.value: kind for kind in ChangeKind}
-_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_REDIS_ERRORS = REDIS_ERRORS
 
 
 class _State(enum.Enum):
@@ -81,8 +81,7 @@ def _member_of(raw: bytes | str) -> Member:
     return Member(data["id"], int(data["max_concurrency"]), data["kind"], data["url"])
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+_text = text
 
 
 def _status_of(row: list[Any], now: float) -> BackendStatus:
@@ -449,30 +448,15 @@ class RedisStore:
             listener(kind, backend_id)
 
     async def _listen(self, subscribed: asyncio.Event) -> None:
-        """The change feed: Redis pub/sub, resubscribed after Redis comes back (then every
-        watcher is told, since releases may have been missed meanwhile)."""
         assert self._redis is not None
         channel = f"{self._prefix}:changes"
-        missed = False
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(channel)
-                subscribed.set()
-                if missed:
-                    missed = False
-                    await self._refresh_members()
-                    for member in self._members:
-                        self._heard(ChangeKind.RELEASED, member.id, 0.0)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        await self._message(_text(message["data"]))
-            except _REDIS_ERRORS:
-                missed = True
-                await asyncio.sleep(0.25)
-            finally:
-                with contextlib.suppress(*_REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await follow(self._redis, channel, subscribed, self._message, self._missed)
+
+    async def _missed(self) -> None:
+        """Releases may have been missed while Redis was away: every watcher is told."""
+        await self._refresh_members()
+        for member in self._members:
+            self._heard(ChangeKind.RELEASED, member.id, 0.0)
 
     async def _message(self, text: str) -> None:
         parts = text.split(" ")

@@ -1,0 +1,53 @@
+"""The change feed against a real redis-server: messages reach the listener, and after Redis
+restarts the feed subscribes again and says that messages may have been missed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import redis.asyncio as aioredis
+
+from proxyfleet.pool.redis_feed import follow, text
+from tests import redisd
+
+
+async def test_messages_reach_the_listener_and_a_restart_is_reported_as_missed() -> None:
+    server = redisd.RedisServer().start()
+    client = aioredis.Redis.from_url(server.url, socket_connect_timeout=1)
+    heard: list[str] = []
+    missed = asyncio.Event()
+    subscribed = asyncio.Event()
+
+    async def on_text(message: str) -> None:
+        heard.append(message)
+
+    async def on_missed() -> None:
+        missed.set()
+
+    feed = asyncio.ensure_future(follow(client, "ch", subscribed, on_text, on_missed))
+    try:
+        await asyncio.wait_for(subscribed.wait(), 5)
+        await client.publish("ch", "one")
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == ["one"]
+        server.stop()
+        server.start()
+        await asyncio.wait_for(missed.wait(), 10)  # subscribed again, and said so
+        async with aioredis.Redis.from_url(server.url) as fresh:  # the old one's pool is stale
+            await fresh.publish("ch", b"two")
+        for _ in range(100):
+            if len(heard) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == ["one", "two"]
+        assert text(b"x") == text("x") == "x"
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+        await client.aclose()
+        server.close()
