@@ -132,3 +132,41 @@ async def test_a_silent_redis_times_a_call_out_and_a_later_answer_goes_nowhere()
         await batcher.aclose()
         await client.aclose()
         server.close()
+
+
+async def test_the_answer_to_a_caller_that_left_goes_to_its_orphan() -> None:
+    """Cancelled while Redis was away: what the script did is still done, and its answer is
+    handed to the orphan when it comes (a grant goes back instead of waiting out a ttl)."""
+    server = redisd.RedisServer().start()
+    client = aioredis.Redis.from_url(server.url, socket_connect_timeout=1, socket_timeout=5)
+    batcher = ScriptBatcher(client, SCRIPTS)
+    orphaned: list[object] = []
+    try:
+        await batcher.load()
+        assert server.popen is not None
+        server.popen.send_signal(signal.SIGSTOP)
+        try:
+            call = asyncio.ensure_future(batcher.call("ECHO", ["left"], orphaned.append))
+            await asyncio.sleep(0.1)  # written, not answered
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        finally:
+            server.popen.send_signal(signal.SIGCONT)
+        assert await batcher.call("ECHO", ["next"]) == b"next"  # answers come in order
+        assert orphaned == [b"left"]
+    finally:
+        await batcher.aclose()
+        await client.aclose()
+        server.close()
+
+
+async def test_nothing_is_sent_once_closed() -> None:
+    client = aioredis.Redis.from_url(redisd.shared().url)
+    batcher = ScriptBatcher(client, SCRIPTS)
+    await batcher.load()
+    assert await batcher.call("ECHO", ["open"]) == b"open"
+    await batcher.aclose()
+    with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
+        await batcher.call("ECHO", ["late"])  # and no connection is opened for it
+    await client.aclose()

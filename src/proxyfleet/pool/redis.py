@@ -241,9 +241,9 @@ class RedisStore:
         if self._timer is not None:
             self._timer.cancel()
         if self._redis is not None:
+            await self._batch.drain(self._timeout)  # answers still to come (orphans' too)
             for task in list(self._orphaned):  # grants nobody took go back before we leave
-                with contextlib.suppress(StoreUnavailable, *_REDIS_ERRORS):
-                    await task
+                await task
             with contextlib.suppress(*_REDIS_ERRORS):
                 await self._settle_pending()
                 await self._redis.zrem(f"{self._prefix}:procs", self.process)
@@ -284,11 +284,15 @@ class RedisStore:
 
     def _orphan(self, answer: Any) -> None:
         """A grant whose asker stopped waiting (it left, or timed out) goes straight back."""
-        if int(answer[0]) == 1 and self._state is _State.OPEN:
+        if int(answer[0]) == 1:  # until the store's connection closes, at its very end
             grant = Grant(_text(answer[1]), int(answer[2]))
-            task = asyncio.ensure_future(self._release(grant, Outcome.NEUTRAL))
+            task = asyncio.ensure_future(self._give_back(grant))
             self._orphaned.add(task)
             task.add_done_callback(self._orphaned.discard)
+
+    async def _give_back(self, grant: Grant) -> None:
+        with contextlib.suppress(StoreUnavailable):  # unreachable: it ends by lease_ttl
+            await self._release(grant, Outcome.NEUTRAL)
 
     async def release(self, grant: Grant, outcome: Outcome) -> bool:
         entry = f"{grant.backend_id}:{grant.token}"

@@ -35,12 +35,21 @@ from redis.asyncio.connection import AbstractConnection
 __all__ = ["ScriptBatcher"]
 
 _LOST = (redis.exceptions.ConnectionError, OSError)
+#: A call's future and what takes its answer if its caller stopped waiting.
+_Asked = tuple["asyncio.Future[Any]", "Callable[[Any], None] | None"]
 
 
 def _pack(*parts: Any) -> bytes:
     """One command in RESP, packed by hiredis."""
     packed: bytes = hiredis.pack_command(cast(Any, parts))
     return packed
+
+
+def _taken_late(future: asyncio.Future[Any]) -> bool:
+    """An answer (not an error) came, and its caller was cancelled before it took it."""
+    if future.cancelled() or not future.done() or future.exception() is not None:
+        return False
+    return not isinstance(future.result(), Exception)
 
 
 class ScriptBatcher:
@@ -58,13 +67,13 @@ class ScriptBatcher:
         self._timeout: float | None = float(timeout) if timeout else None
         self._conn: AbstractConnection | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._answers: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._answers: collections.deque[_Asked] = collections.deque()
         self._out: list[bytes] = []  # packed calls of this turn, not written yet
-        self._callers: list[asyncio.Future[Any]] = []  # their futures, in the same order
+        self._callers: list[_Asked] = []  # their futures (and orphans), in the same order
         self._flushing = False
         self._writing: set[asyncio.Task[None]] = set()
         self._connecting = asyncio.Lock()
-        self._orphans: dict[asyncio.Future[Any], Callable[[Any], None]] = {}
+        self._closed = False
 
     async def load(self) -> None:
         """Every script into Redis's cache (at open, and after Redis forgot them)."""
@@ -88,7 +97,18 @@ class ScriptBatcher:
             raise answer
         return answer
 
+    async def drain(self, timeout: float) -> None:
+        """Until what was asked is written and answered (orphans given theirs), at most
+        ``timeout`` seconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (self._writing or self._answers or self._out) and self._conn is not None:
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+            await asyncio.sleep(0.005)  # bounded, at close only
+
     async def aclose(self) -> None:
+        """Close the connection; a call asked from now on fails (it is never sent)."""
+        self._closed = True
         for task in list(self._writing):  # what was asked is written first
             with contextlib.suppress(Exception):
                 await task
@@ -107,10 +127,12 @@ class ScriptBatcher:
 
     async def _ask(self, command: bytes, orphan: Callable[[Any], None] | None = None) -> Any:
         """The answer to one packed command: a reply, or the ResponseError Redis gave."""
+        if self._closed:
+            raise redis.exceptions.ConnectionError("the store closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._out.append(command)
-        self._callers.append(future)
+        self._callers.append((future, orphan))
         if not self._flushing:
             self._flushing = True
             loop.call_soon(self._flush)
@@ -118,13 +140,10 @@ class ScriptBatcher:
             async with asyncio.timeout(self._timeout):
                 return await future  # on a timeout it is cancelled, as when its caller is
         except BaseException as exc:
-            if orphan is not None:
-                if future.cancelled():  # its answer, when it comes, goes to the orphan
-                    self._orphans[future] = orphan
-                elif future.done() and future.exception() is None:
-                    answer = future.result()  # came, but its caller was cancelled meanwhile
-                    if not isinstance(answer, Exception):
-                        orphan(answer)
+            # cancelled: its answer, when it comes, goes to the orphan (the reader sees to it);
+            # or the answer came and then its caller was cancelled, before it could take it
+            if _taken_late(future) and orphan is not None:
+                orphan(future.result())
             if not isinstance(exc, TimeoutError):
                 raise
             raise redis.exceptions.TimeoutError(
@@ -139,7 +158,7 @@ class ScriptBatcher:
         self._writing.add(task)
         task.add_done_callback(self._writing.discard)
 
-    async def _write(self, data: bytes, callers: list[asyncio.Future[Any]]) -> None:
+    async def _write(self, data: bytes, callers: list[_Asked]) -> None:
         try:
             async with self._connecting:  # writes and their answers stay in one order
                 conn = await self._connected()
@@ -147,7 +166,7 @@ class ScriptBatcher:
                 await conn.send_packed_command(data, check_health=False)
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else redis.exceptions.ConnectionError()
-            for future in callers:
+            for future, _ in callers:
                 if not future.done():
                     future.set_exception(error)
             self._drop(error)
@@ -156,6 +175,8 @@ class ScriptBatcher:
 
     async def _connected(self) -> AbstractConnection:
         if self._conn is None:
+            if self._closed:
+                raise redis.exceptions.ConnectionError("the store closed")
             conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
             await conn.connect()
             self._conn = conn
@@ -174,13 +195,11 @@ class ScriptBatcher:
                 except redis.exceptions.ResponseError as exc:
                     answer = exc
                 if self._answers:
-                    future = self._answers.popleft()
+                    future, orphan = self._answers.popleft()
                     if not future.done():
                         future.set_result(answer)
-                    elif self._orphans:
-                        orphan = self._orphans.pop(future, None)
-                        if orphan is not None and not isinstance(answer, Exception):
-                            orphan(answer)
+                    elif future.cancelled() and orphan and not isinstance(answer, Exception):
+                        orphan(answer)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -193,9 +212,8 @@ class ScriptBatcher:
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
-        self._orphans.clear()  # their answers will not come: what they did ends by ttl
-        while self._answers:
-            future = self._answers.popleft()
+        while self._answers:  # their answers will not come (what they did ends by ttl)
+            future, _ = self._answers.popleft()
             if not future.done():
                 future.set_exception(
                     error
