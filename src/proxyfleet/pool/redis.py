@@ -38,7 +38,9 @@ from proxyfleet.pool import redis_scripts as lua
 from proxyfleet.pool.backend import Member, public_url
 from proxyfleet.pool.health import Health, HealthPolicy, HealthRecord, Outcome, state_of
 from proxyfleet.pool.redis_batch import ScriptBatcher
-from proxyfleet.pool.redis_feed import REDIS_ERRORS, follow, text
+from proxyfleet.pool.redis_feed import REDIS_ERRORS as _REDIS_ERRORS
+from proxyfleet.pool.redis_feed import follow
+from proxyfleet.pool.redis_feed import text as _text
 from proxyfleet.pool.selection import Strategy
 from proxyfleet.pool.store import (
     BackendStatus,
@@ -54,7 +56,6 @@ __all__ = ["RedisStore"]
 
 _log = logging.getLogger("proxyfleet.pool")
 _KINDS = {kind.value: kind for kind in ChangeKind}
-_REDIS_ERRORS = REDIS_ERRORS
 
 
 class _State(enum.Enum):
@@ -79,9 +80,6 @@ def _member_json(member: Member, static: bool) -> str:
 def _member_of(raw: bytes | str) -> Member:
     data = json.loads(raw)
     return Member(data["id"], int(data["max_concurrency"]), data["kind"], data["url"])
-
-
-_text = text
 
 
 def _status_of(row: list[Any], now: float) -> BackendStatus:

@@ -77,8 +77,10 @@ class ScriptBatcher:
 
     async def load(self) -> None:
         """Every script into Redis's cache (at open, and after Redis forgot them)."""
-        for text in self._sources.values():
-            answer = await self._retried(_pack("SCRIPT", "LOAD", text))
+        answers = await asyncio.gather(  # one write, one round trip
+            *(self._retried(_pack("SCRIPT", "LOAD", text)) for text in self._sources.values())
+        )
+        for answer in answers:
             if isinstance(answer, Exception):
                 raise answer
 
