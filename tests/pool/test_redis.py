@@ -24,6 +24,7 @@ from proxyfleet.pool.health import HealthPolicy
 from proxyfleet.pool.redis import RedisStore
 from tests import redisd
 from tests.conftest import Proc, Processes, run_cli
+from tests.relay import Relay
 
 KEYS = {"acct-a": "sk-live-aaaa1111", "acct-b": "sk-live-bbbb2222", "acct-c": "sk-live-cccc3333"}
 BODY = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -216,6 +217,32 @@ async def test_a_release_with_a_stale_token_is_refused_and_counted() -> None:
         assert not await store.release(grant, Outcome.SUCCESS)  # the old holder, too late
         assert store.stale_releases == 1
         assert await store.release(again, Outcome.SUCCESS)
+
+
+@pytest.mark.parametrize("script", ["ACQUIRE", "RELEASE"])
+async def test_an_answer_lost_with_its_connection_is_not_acted_on_twice(script: str) -> None:
+    """Redis ran the script, then the connection broke before its answer came back (a Redis
+    restart, a reset on the way): the store asks again on a new connection. The acquire
+    asked again is not granted a second lease; the release asked again is not refused as
+    stale. Seen in Redis: one lease, then none."""
+    members = [Member("a", 2, "http", "http://127.0.0.1:1/a")]
+    async with Relay(redisd.shared().port) as relay:
+        store = RedisStore(
+            members, HealthPolicy(), url=relay.url, key_prefix=redisd.prefix(), lease_ttl=60
+        )
+        async with store:
+            if script == "ACQUIRE":
+                relay.cut_answer_to(b"EVALSHA")
+            grant = await store.acquire("lru", holder="r1")
+            assert isinstance(grant, Grant)
+            [status] = await store.snapshot()
+            assert (status.inflight, status.leases_served) == (1, 1)
+            if script == "RELEASE":
+                relay.cut_answer_to(b"EVALSHA")
+            assert await store.release(grant, Outcome.SUCCESS)
+            assert store.stale_releases == 0
+            [status] = await store.snapshot()
+            assert (status.inflight, status.holders) == (0, ())
 
 
 async def test_redis_lost_and_back(procs: Processes, tmp_path: Path) -> None:

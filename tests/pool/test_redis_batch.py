@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import threading
+import time
 
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
+import uvloop
 
 from proxyfleet.pool.redis_batch import ScriptBatcher
 from tests import redisd
+from tests.relay import Relay
 
 SCRIPTS = {
     "ECHO": "return ARGV[1]",
@@ -170,3 +175,91 @@ async def test_nothing_is_sent_once_closed() -> None:
     with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
         await batcher.call("ECHO", ["late"])  # and no connection is opened for it
     await client.aclose()
+
+
+async def test_a_connection_gone_silent_is_dropped_and_the_next_call_served() -> None:
+    """A partition drops packets without a reset: nothing would ever end the connection.
+    The call waiting on it times out, the connection goes with it, and the next call is
+    served on a new one (on the old one it would time out too)."""
+    async with Relay(redisd.shared().port) as relay:
+        client = aioredis.Redis.from_url(relay.url, socket_connect_timeout=1, socket_timeout=0.5)
+        batcher = ScriptBatcher(client, SCRIPTS)
+        try:
+            await batcher.load()
+            assert await batcher.call("ECHO", ["before"]) == b"before"
+            relay.silence()
+            with pytest.raises(redis.exceptions.TimeoutError, match=r"0\.5s"):
+                await batcher.call("ECHO", ["lost"])
+            assert await batcher.call("ECHO", ["next"]) == b"next"
+        finally:
+            await batcher.aclose()
+            await client.aclose()
+
+
+async def test_a_once_script_whose_answer_was_lost_runs_once() -> None:
+    """The answer is lost with its connection after Redis ran the script: the call is sent
+    again on a new connection and answered what the first run did, not run a second time.
+    A script not named once runs again (it must be safe to)."""
+    key = redisd.prefix()
+    async with Relay(redisd.shared().port) as relay:
+        client = aioredis.Redis.from_url(relay.url, socket_connect_timeout=1, socket_timeout=2)
+        batcher = ScriptBatcher(
+            client, {**SCRIPTS, "ONCE": SCRIPTS["COUNT"]}, once=["ONCE"], once_prefix=key + ":c:"
+        )
+        try:
+            await batcher.load()
+            relay.cut_answer_to(b"EVALSHA")
+            assert await batcher.call("ONCE", [key]) == 1
+            assert await batcher.call("ONCE", [key]) == 2
+            relay.cut_answer_to(b"EVALSHA")
+            assert await batcher.call("COUNT", [key]) == 4  # ran twice: 3 was lost
+            await asyncio.sleep(0.1)  # the once-keys' UNLINK, written with the next turn
+            assert await client.keys(key + ":c:*") == []
+        finally:
+            await batcher.aclose()
+            await client.aclose()
+
+
+class _Stall(asyncio.Protocol):
+    """Blocks the loop for ``seconds`` in the middle of its I/O, when data comes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def data_received(self, data: bytes) -> None:
+        time.sleep(self.seconds)  # the blocked loop is the point
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_loop_blocked_past_the_timeout_does_not_take_an_answer_waiting_for_silence(
+    loop: str,
+) -> None:
+    """The answer came while the loop was blocked in another connection's callback: uvloop
+    then runs its timers before it reads the socket, so the watch must look again before it
+    calls Redis silent. Redis runs a script of 0.3 s; 0.05 s in, the loop blocks for 1 s;
+    the call's timeout is 0.5 s."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redisd.shared().url, socket_timeout=0.5)
+        slow = "local t = redis.call('TIME') local t0 = t[1] * 1e6 + t[2] "
+        slow += "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - t0 > 300000 return 1"
+        batcher = ScriptBatcher(client, {"SLOW": slow})
+        ours, theirs = socket.socketpair()
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            lambda: _Stall(1.0), sock=ours
+        )
+        try:
+            await batcher.load()
+            call = asyncio.ensure_future(batcher.call("SLOW", []))
+            threading.Timer(0.05, theirs.send, (b"x",)).start()
+            assert await call == 1
+        finally:
+            transport.close()
+            theirs.close()
+            await batcher.aclose()
+            await client.aclose()
+
+    if loop == "uvloop":
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())

@@ -56,6 +56,9 @@ __all__ = ["RedisStore"]
 
 _log = logging.getLogger("proxyfleet.pool")
 _KINDS = {kind.value: kind for kind in ChangeKind}
+#: Scripts that must not run twice for one call (a retry after a lost answer): a second
+#: acquire would grant twice, a second release be refused as stale, a second add refused.
+_ONCE = ("ACQUIRE", "RELEASE", "ADD", "REMOVE")
 
 
 class _State(enum.Enum):
@@ -148,7 +151,7 @@ class RedisStore:
         if len({m.id for m in members}) != len(members):
             raise ValueError("backend ids must be unique")
         self._configured = tuple(members)
-        self._policy = policy
+        self._policy_args: tuple[Any, ...] = (policy.unhealthy_after, repr(policy.cooldown))
         self._now = clock
         self._url = url
         self._shown = public_url(url) if "://" in url else url
@@ -157,6 +160,8 @@ class RedisStore:
         self._timeout = timeout
         self._host = socket.gethostname()
         self.process = f"{self._host}:{os.getpid()}:{secrets.token_hex(3)}"
+        # a holder's JSON after its request id, the same for every lease of this process
+        self._who = json.dumps({"process": self.process, "host": self._host})[1:]
         self._members: tuple[Member, ...] = tuple(members)
         self._listeners: list[Listener] = []
         self._held: dict[str, str] = {}  # "<id>:<token>" → holder JSON, the leases held here
@@ -188,6 +193,8 @@ class RedisStore:
         self._batch = ScriptBatcher(
             self._redis,
             {name: getattr(lua, name) for name in lua.__all__},
+            once=_ONCE,
+            once_prefix=f"{self._prefix}:call:{self.process}:",
         )
         try:
             await self._open()
@@ -198,16 +205,15 @@ class RedisStore:
         self._state = _State.OPEN
         self.reachable = True
         subscribed = asyncio.Event()
-        self._tasks = [
-            asyncio.ensure_future(self._listen(subscribed)),
-            asyncio.ensure_future(self._heartbeats()),
-        ]
+        feed = follow(self._redis, f"{self._prefix}:changes", subscribed, self._message,
+                      self._missed, answer_within=self._timeout)  # fmt: skip
+        self._tasks = [asyncio.ensure_future(feed), asyncio.ensure_future(self._heartbeats())]
         with contextlib.suppress(TimeoutError):  # a slow subscription is caught up on by polls
             await asyncio.wait_for(subscribed.wait(), self._timeout)
         return self
 
     async def _open(self) -> None:
-        args: list[Any] = [*self._args(), self._ttl, *self._policy_args()]
+        args: list[Any] = [*self._args(), self._ttl, *self._policy_args]
         for member in self._configured:
             args += [member.id, _member_json(member, True), member.max_concurrency]
         try:
@@ -264,8 +270,9 @@ class RedisStore:
         holder: str = "",
     ) -> Grant | Unavailable:
         self._check_open()
-        who = json.dumps({"rid": holder, "process": self.process, "host": self._host})
-        args = (who, self._ttl, only or "", json.dumps(list(exclude)), *self._policy_args())
+        who = f'{{"rid":{json.dumps(holder)},{self._who}'
+        skip = json.dumps(list(exclude)) if exclude else "[]"
+        args = (who, self._ttl, only or "", skip, *self._policy_args)
         answer = await self._call("ACQUIRE", strategy, *self._args(), *args, orphan=self._orphan)
         if int(answer[0]) == -1:  # Redis restarted empty: the pool again, then the same ask
             await self._reopen()
@@ -313,7 +320,7 @@ class RedisStore:
             grant.token,
             outcome.value,
             *self._args(),
-            *self._policy_args(),
+            *self._policy_args,
             self.process,
         )
         if int(answer[0]) != 1:
@@ -405,9 +412,6 @@ class RedisStore:
     def _args(self) -> tuple[Any, ...]:
         return (repr(self._now()),)
 
-    def _policy_args(self) -> tuple[Any, ...]:
-        return (self._policy.unhealthy_after, repr(self._policy.cooldown))
-
     async def _call(
         self, name: str, *args: Any, orphan: Callable[[Any], None] | None = None
     ) -> Any:
@@ -449,11 +453,6 @@ class RedisStore:
         for listener in self._listeners:
             listener(kind, backend_id)
 
-    async def _listen(self, subscribed: asyncio.Event) -> None:
-        assert self._redis is not None
-        channel = f"{self._prefix}:changes"
-        await follow(self._redis, channel, subscribed, self._message, self._missed)
-
     async def _missed(self) -> None:
         """Releases may have been missed while Redis was away: every watcher is told."""
         await self._refresh_members()
@@ -478,7 +477,7 @@ class RedisStore:
             try:
                 await self._settle_pending()
                 lost = await self._call(
-                    "HEARTBEAT", self.process, *self._args(), self._ttl, *self._policy_args(),
+                    "HEARTBEAT", self.process, *self._args(), self._ttl, *self._policy_args,
                     "1" if self._waiting() else "0", *self._held,
                 )  # fmt: skip
             except StoreUnavailable:

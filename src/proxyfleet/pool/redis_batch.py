@@ -2,29 +2,39 @@
 out in one write, and the answers come back in order.
 
 A busy gateway asks the store for a lease and a release per request. Through redis-py's
-command path each call costs a pooled connection, a command packed in Python, a write and a
-read of its own: more CPU in the gateway than the request itself (measured with
+command path each call costs a pooled connection, a command packed in Python, a write, a read
+and a timeout of its own: more CPU in the gateway than the request itself, and several turns
+of the loop between an answer's arrival and its caller (measured with
 ``bench/run.py --only store``). Here a call is packed by hiredis (redis-py's own parser
-library) into a buffer; the buffer goes out once per turn of the loop on a connection kept for
-scripts alone, opened by redis-py (so the URL, AUTH, the database and TLS are as for every
-other command); one reader task hands each answer to its caller in order. One connection also
-keeps Redis's order the one the gateway asked in: a release sent before an acquire is run
-before it.
+library) into a buffer; the buffer is written once per turn of the loop on a connection kept
+for scripts alone. redis-py opens it (so the URL, AUTH, the database and TLS are as for every
+other command); then the connection's transport is this module's: its answers are parsed by
+hiredis as they arrive and handed to their callers in order, in the same turn. One
+connection also keeps Redis's order the one the gateway asked in: a release sent before an
+acquire is run before it.
 
 Each caller gets its own answer or its own error. A script Redis no longer knows (it
 restarted) is loaded again and the call sent again; a call whose connection was lost is sent
-once more on a new one (a Redis that restarted closed the old one), and after that the error
-is the caller's. A call waits at most the store's timeout for its answer.
+once more on a new one (a Redis that restarted closed the old one). A script named in
+``once`` is safe to send twice: its first run keeps its answer under a key of the call's own,
+and a second run of the same call (its answer was lost with the connection) gives that
+answer back instead of running again, so a retried acquire never grants twice. The key goes
+once its answer came (one ``UNLINK`` with the next write), or after a minute.
+
+A call waits at most the store's timeout for its answer: when the oldest unanswered call on
+the connection is older than that, Redis is not answering (stopped, partitioned, a network
+that drops without a reset) and the connection is closed; every call waiting on it hears a
+timeout, and the next call opens a new one. One timer per connection watches this.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
-import math
-from collections.abc import Callable
+import itertools
+import secrets
+from collections.abc import Callable, Collection
 from typing import Any, cast
 
 import hiredis
@@ -32,17 +42,53 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["ScriptBatcher"]
+__all__ = ["ScriptBatcher", "once_wrapped"]
 
 _LOST = (redis.exceptions.ConnectionError, OSError)
-#: A call's future and what takes its answer if its caller stopped waiting.
-_Asked = tuple["asyncio.Future[Any]", "Callable[[Any], None] | None"]
+_NOT_YET = object()  # hiredis's word for "no whole answer buffered yet"
+#: How long the watch waits for a call seen overdue before it ends the connection (seconds).
+_LOOK_AGAIN = 0.05
+#: How long a once-call's answer is kept when its own UNLINK never comes (milliseconds).
+KEEP_MS = 60_000
+#: A call's future (None for the batcher's own clean-up) and what takes its answer if its
+#: caller stopped waiting.
+_Asked = tuple["asyncio.Future[Any] | None", "Callable[[Any], None] | None"]
+#: The same, with when it was written.
+_Sent = tuple["asyncio.Future[Any] | None", "Callable[[Any], None] | None", float]
 
 
 def _pack(*parts: Any) -> bytes:
     """One command in RESP, packed by hiredis."""
     packed: bytes = hiredis.pack_command(cast(Any, parts))
     return packed
+
+
+def _reply_error(message: str) -> Exception:
+    """An error reply as redis-py's exception for it."""
+    code = message.split(" ", 1)[0]
+    if code == "NOSCRIPT":
+        return redis.exceptions.NoScriptError(message)
+    if code == "LOADING":  # a ConnectionError: Redis is starting, ask again later
+        return redis.exceptions.BusyLoadingError(message)
+    return redis.exceptions.ResponseError(message)
+
+
+def once_wrapped(source: str) -> str:
+    """``source`` run at most once per call key (``KEYS[1]``, when one is given): a second
+    run with the same key answers what the first did."""
+    return (
+        "local function run()\n"
+        f"{source}\n"
+        "end\n"
+        "local key = KEYS[1]\n"
+        "if key then\n"
+        "  local done = redis.call('GET', key)\n"
+        "  if done then return cjson.decode(done) end\n"
+        "end\n"
+        "local answer = run()\n"
+        f"if key then redis.call('SET', key, cjson.encode(answer), 'PX', {KEEP_MS}) end\n"
+        "return answer\n"
+    )
 
 
 def _taken_late(future: asyncio.Future[Any]) -> bool:
@@ -52,27 +98,147 @@ def _taken_late(future: asyncio.Future[Any]) -> bool:
     return not isinstance(future.result(), Exception)
 
 
+class _Link(asyncio.Protocol):
+    """A connection once it is the batcher's: answers parsed as they arrive, each to the call
+    first in line; ended when the oldest unanswered call is older than ``timeout``."""
+
+    def __init__(
+        self,
+        writer: asyncio.StreamWriter,
+        timeout: float | None,
+        gone: Callable[[_Link], None],
+    ) -> None:
+        self._writer = writer  # kept: its finalizer would close the transport
+        self._transport = cast(asyncio.Transport, writer.transport)
+        self._timeout = timeout
+        self._gone = gone
+        self._loop = asyncio.get_running_loop()
+        self._parser = hiredis.Reader(replyError=_reply_error, notEnoughData=_NOT_YET)
+        self._watch: asyncio.TimerHandle | None = None
+        self._overdue: _Sent | None = None  # the call seen overdue once, looked at again
+        self.waiting: collections.deque[_Sent] = collections.deque()
+        self.alive = True
+        self._transport.set_protocol(self)
+
+    def send(self, data: bytes, callers: list[_Asked]) -> None:
+        now = self._loop.time()
+        self.waiting.extend((future, orphan, now) for future, orphan in callers)
+        self._transport.write(data)
+        if self._watch is None and self._timeout is not None:
+            self._watch = self._loop.call_at(now + self._timeout, self._check)
+
+    def data_received(self, data: bytes) -> None:
+        parser, waiting = self._parser, self.waiting
+        parser.feed(data)
+        while True:
+            try:
+                answer = parser.gets()
+            except hiredis.ProtocolError as exc:
+                self.end(redis.exceptions.ConnectionError(f"Redis sent what is not RESP: {exc}"))
+                return
+            if answer is _NOT_YET:
+                return
+            if not waiting:
+                self.end(redis.exceptions.ConnectionError("Redis answered what was not asked"))
+                return
+            future, orphan, _ = waiting.popleft()
+            if future is None:  # the batcher's own clean-up
+                continue
+            if not future.done():
+                future.set_result(answer)
+            elif future.cancelled() and orphan and not isinstance(answer, Exception):
+                orphan(answer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        why = f"lost the connection to Redis: {exc}" if exc else "Redis closed the connection"
+        self.end(redis.exceptions.ConnectionError(why))
+
+    def end(self, error: Exception, *, gently: bool = False) -> None:
+        """Close the connection (``gently``: after what is written goes out); every call still
+        waiting on it hears ``error`` (what a script did stays done: a grant ends by ttl)."""
+        if not self.alive:
+            return
+        self.alive = False
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if gently:
+            self._transport.close()
+        else:
+            self._transport.abort()
+        while self.waiting:
+            future, _, _ = self.waiting.popleft()
+            if future is not None and not future.done():
+                future.set_exception(error)
+        self._gone(self)
+
+    def _check(self) -> None:
+        """The watch: the oldest unanswered call overdue, and still so after one more look at
+        the socket (a loop that was blocked runs timers before it reads what came meanwhile:
+        an answer waiting there must not be taken for silence)."""
+        self._watch = None
+        if not self.waiting or not self.alive or self._timeout is None:
+            return
+        front = self.waiting[0]
+        due = front[2] + self._timeout
+        if due > self._loop.time():
+            self._watch = self._loop.call_at(due, self._check)
+        elif self._overdue is not front:
+            self._overdue = front
+            self._watch = self._loop.call_later(_LOOK_AGAIN, self._check)
+        else:
+            self.end(
+                redis.exceptions.TimeoutError(f"Redis did not answer within {self._timeout:g}s")
+            )
+
+
+def _take(conn: AbstractConnection, timeout: float | None, gone: Callable[[_Link], None]) -> _Link:
+    """The transport redis-py opened and greeted Redis on, as a :class:`_Link`; redis-py's
+    connection object lets go of it (it would warn of an unclosed connection otherwise)."""
+    writer = getattr(conn, "_writer", None)
+    if not isinstance(writer, asyncio.StreamWriter):
+        raise redis.exceptions.ConnectionError(
+            "this redis-py keeps no stream writer on its connection: the script channel "
+            "cannot take it over (redis-py's version is not the one locked)"
+        )
+    link = _Link(writer, timeout, gone)
+    conn._writer = conn._reader = None
+    return link
+
+
 class ScriptBatcher:
     """``await batcher.call(name, args)``: the script ``name`` of ``scripts`` run with
-    ``args``, written with every other call made in the same turn of the event loop.
+    ``args``, written with every other call made in the same turn of the event loop. Scripts
+    named in ``once`` are run at most once per call, under keys starting ``once_prefix``.
     :meth:`aclose` closes its connection."""
 
-    def __init__(self, client: aioredis.Redis, scripts: dict[str, str]) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        scripts: dict[str, str],
+        *,
+        once: Collection[str] = (),
+        once_prefix: str = "",
+    ) -> None:
         self._client = client
-        self._sources = scripts
-        self._shas = {
-            name: hashlib.sha1(text.encode()).hexdigest() for name, text in scripts.items()
+        self._once = frozenset(once)
+        self._sources = {
+            name: once_wrapped(text) if name in self._once else text
+            for name, text in scripts.items()
         }
+        self._shas = {
+            name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._sources.items()
+        }
+        self._once_prefix = once_prefix or f"once:{secrets.token_hex(6)}:"
+        self._numbers = itertools.count()
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._timeout: float | None = float(timeout) if timeout else None
-        self._conn: AbstractConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._answers: collections.deque[_Asked] = collections.deque()
-        self._out: list[bytes] = []  # packed calls of this turn, not written yet
+        self._link: _Link | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._out: list[bytes] = []  # packed calls not written yet
         self._callers: list[_Asked] = []  # their futures (and orphans), in the same order
+        self._spent: list[str] = []  # once-keys whose answers came: unlinked with the next write
         self._flushing = False
-        self._writing: set[asyncio.Task[None]] = set()
-        self._connecting = asyncio.Lock()
         self._closed = False
 
     async def load(self) -> None:
@@ -88,37 +254,50 @@ class ScriptBatcher:
         self, name: str, args: list[Any], orphan: Callable[[Any], None] | None = None
     ) -> Any:
         """The answer of the script ``name``. ``orphan`` is given the answer that comes after
-        its caller stopped waiting (cancelled, timed out): what the script did is still done
-        (a grant it made goes back through it)."""
-        command = _pack("EVALSHA", self._shas[name], 0, *args)
-        answer = await self._retried(command, orphan)
-        if isinstance(answer, redis.exceptions.NoScriptError):
-            await self.load()  # Redis restarted and forgot them
-            answer = await self._ask(command, orphan)
+        its caller stopped waiting (cancelled): what the script did is still done (a grant it
+        made goes back through it)."""
+        key = f"{self._once_prefix}{next(self._numbers)}" if name in self._once else None
+        keys = (1, key) if key is not None else (0,)
+        command = _pack("EVALSHA", self._shas[name], *keys, *args)
+        try:
+            answer = await self._retried(command, orphan)
+            if isinstance(answer, redis.exceptions.NoScriptError):
+                await self.load()  # Redis restarted and forgot them
+                answer = await self._ask(command, orphan)
+        finally:
+            if key is not None:  # written after the call, so Redis runs it after the call too
+                self._spent.append(key)
+                self._soon()
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    @property
+    def busy(self) -> bool:
+        """Calls asked and not answered yet (or their connection still opening)."""
+        waiting = self._link is not None and bool(self._link.waiting)
+        return bool(self._out or self._connecting or waiting)
 
     async def drain(self, timeout: float) -> None:
         """Until what was asked is written and answered (orphans given theirs), at most
         ``timeout`` seconds."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while (self._writing or self._answers or self._out) and self._conn is not None:
+        while self.busy:
             if asyncio.get_running_loop().time() >= deadline:
                 return
             await asyncio.sleep(0.005)  # bounded, at close only
 
     async def aclose(self) -> None:
-        """Close the connection; a call asked from now on fails (it is never sent)."""
+        """Close the connection once what was asked is written; a call asked from now on
+        fails (it is never sent)."""
         self._closed = True
-        for task in list(self._writing):  # what was asked is written first
-            with contextlib.suppress(Exception):
-                await task
-        reader = self._reader
-        self._drop(redis.exceptions.ConnectionError("the store closed"))
-        for task in [*self._writing, *([reader] if reader is not None else [])]:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
+        if self._connecting is not None:
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        closed = redis.exceptions.ConnectionError("the store closed")
+        if self._link is not None:
+            self._flush()
+            self._link.end(closed, gently=True)
+        self._fail_unsent(closed)
 
     # -- internals ---------------------------------------------------------------------------
     async def _retried(self, command: bytes, orphan: Callable[[Any], None] | None = None) -> Any:
@@ -128,101 +307,62 @@ class ScriptBatcher:
             return await self._ask(command, orphan)
 
     async def _ask(self, command: bytes, orphan: Callable[[Any], None] | None = None) -> Any:
-        """The answer to one packed command: a reply, or the ResponseError Redis gave."""
+        """The answer to one packed command: a reply, or the error reply Redis gave."""
         if self._closed:
             raise redis.exceptions.ConnectionError("the store closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._out.append(command)
         self._callers.append((future, orphan))
-        if not self._flushing:
-            self._flushing = True
-            loop.call_soon(self._flush)
+        self._soon()
         try:
-            async with asyncio.timeout(self._timeout):
-                return await future  # on a timeout it is cancelled, as when its caller is
-        except BaseException as exc:
-            # cancelled: its answer, when it comes, goes to the orphan (the reader sees to it);
-            # or the answer came and then its caller was cancelled, before it could take it
+            return await future
+        except asyncio.CancelledError:
+            # its answer, when it comes, goes to the orphan (the link sees to it); or the
+            # answer came and then its caller was cancelled, before it could take it
             if _taken_late(future) and orphan is not None:
                 orphan(future.result())
-            if not isinstance(exc, TimeoutError):
-                raise
-            raise redis.exceptions.TimeoutError(
-                f"Redis did not answer within {self._timeout:g}s"
-            ) from None
+            raise
+
+    def _soon(self) -> None:
+        if not self._flushing and not self._closed:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        """What this turn asked, in one write; or a connection opened first."""
         self._flushing = False
-        data, callers = b"".join(self._out), self._callers
-        self._out, self._callers = [], []
-        task = asyncio.ensure_future(self._write(data, callers))
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
+        link = self._link
+        if link is not None and link.alive:
+            if self._spent:  # clean-up alone never opens a connection
+                self._out.append(_pack("UNLINK", *self._spent))
+                self._callers.append((None, None))
+                self._spent = []
+            if self._out:
+                data, callers = b"".join(self._out), self._callers
+                self._out, self._callers = [], []
+                link.send(data, callers)
+        elif self._out and self._connecting is None and not self._closed:
+            self._connecting = asyncio.ensure_future(self._connect())
 
-    async def _write(self, data: bytes, callers: list[_Asked]) -> None:
+    async def _connect(self) -> None:
         try:
-            async with self._connecting:  # writes and their answers stay in one order
-                conn = await self._connected()
-                self._answers.extend(callers)
-                await conn.send_packed_command(data, check_health=False)
-        except BaseException as exc:
-            error = exc if isinstance(exc, Exception) else redis.exceptions.ConnectionError()
-            for future, _ in callers:
-                if not future.done():
-                    future.set_exception(error)
-            self._drop(error)
-            if not isinstance(exc, Exception):
-                raise
-
-    async def _connected(self) -> AbstractConnection:
-        if self._conn is None:
-            if self._closed:
-                raise redis.exceptions.ConnectionError("the store closed")
             conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
             await conn.connect()
-            self._conn = conn
-            self._reader = asyncio.ensure_future(self._read(conn))
-        return self._conn
-
-    async def _read(self, conn: AbstractConnection) -> None:
-        """Each answer to the caller first in line; a lost connection fails every caller still
-        waiting on it."""
-        try:
-            while True:
-                try:
-                    answer: Any = await conn.read_response(
-                        disable_decoding=True, timeout=math.inf, disconnect_on_error=False
-                    )
-                except redis.exceptions.ResponseError as exc:
-                    answer = exc
-                if self._answers:
-                    future, orphan = self._answers.popleft()
-                    if not future.done():
-                        future.set_result(answer)
-                    elif future.cancelled() and orphan and not isinstance(answer, Exception):
-                        orphan(answer)
-        except asyncio.CancelledError:
-            raise
+            link = _take(conn, self._timeout, self._gone)
         except Exception as exc:
-            if self._conn is conn:
-                self._drop(exc)
+            self._connecting = None
+            self._fail_unsent(exc)
+            return
+        self._connecting = None
+        self._link = link
+        self._flush()  # what was asked meanwhile, in the order asked
 
-    def _drop(self, error: BaseException) -> None:
-        """Close the connection; every caller waiting for an answer on it hears ``error``."""
-        conn, self._conn = self._conn, None
-        reader, self._reader = self._reader, None
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()
-        while self._answers:  # their answers will not come (what they did ends by ttl)
-            future, _ = self._answers.popleft()
-            if not future.done():
-                future.set_exception(
-                    error
-                    if isinstance(error, _LOST)
-                    else redis.exceptions.ConnectionError(f"lost the connection: {error}")
-                )
-        if conn is not None:
-            task = asyncio.ensure_future(conn.disconnect(nowait=True))
-            self._writing.add(task)
-            task.add_done_callback(self._writing.discard)
+    def _gone(self, link: _Link) -> None:
+        if self._link is link:
+            self._link = None
+
+    def _fail_unsent(self, error: Exception) -> None:
+        callers, self._out, self._callers = self._callers, [], []
+        for future, _ in callers:
+            if future is not None and not future.done():
+                future.set_exception(error)
