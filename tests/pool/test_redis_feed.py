@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from proxyfleet.pool.redis_feed import follow, text
 from tests import redisd
+from tests.relay import Relay
 
 
 async def test_messages_reach_the_listener_and_a_restart_is_reported_as_missed() -> None:
@@ -51,3 +52,43 @@ async def test_messages_reach_the_listener_and_a_restart_is_reported_as_missed()
             await feed
         await client.aclose()
         server.close()
+
+
+async def test_a_subscription_gone_silent_is_noticed_and_made_again() -> None:
+    """A partition leaves the subscription's connection open and mute: without a probe no
+    release elsewhere would be heard again. The feed's ping goes unanswered, it subscribes
+    on a new connection, says what may have been missed, and hears what follows."""
+    server = redisd.shared()
+    channel = redisd.prefix()
+    heard: list[str] = []
+    missed = asyncio.Event()
+    subscribed = asyncio.Event()
+
+    async def on_text(message: str) -> None:
+        heard.append(message)
+
+    async def on_missed() -> None:
+        missed.set()
+
+    async with Relay(server.port) as relay:
+        client = aioredis.Redis.from_url(relay.url, socket_connect_timeout=1)
+        feed = asyncio.ensure_future(
+            follow(client, channel, subscribed, on_text, on_missed, probe=0.2, answer_within=0.4)
+        )
+        try:
+            await asyncio.wait_for(subscribed.wait(), 5)
+            relay.silence()
+            async with aioredis.Redis.from_url(server.url) as other:
+                await other.publish(channel, "lost")  # into the partition
+                await asyncio.wait_for(missed.wait(), 5)
+                await other.publish(channel, "after")
+            for _ in range(100):
+                if heard:
+                    break
+                await asyncio.sleep(0.02)
+            assert heard == ["after"]
+        finally:
+            feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed
+            await client.aclose()
