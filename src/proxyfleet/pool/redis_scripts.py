@@ -16,6 +16,9 @@ Keys, under the store's prefix ``P``::
     P:want       zset   process id → until when it has waiters: releases are published only
                         while some process has (or when they end in a quarantine)
     P:token, P:seq, P:size, P:cursor, P:stale, P:expired   counters
+    P:call:<process>:<n>   the answer of an acquire, release, add or remove (see
+                 redis_batch.py: a call asked again after its answer was lost is not run
+                 twice), until that answer arrived, or a minute
     P:lock:<name> the process holding a fleet-wide lock (elastic provisioning), with a ttl
     P:epoch      when the pool was first opened: gone means Redis restarted empty, and each
                  process opens the pool again and restores the leases it holds
