@@ -1,6 +1,7 @@
 """A TCP relay on 127.0.0.1 in front of a real server, for the faults a real network has and a
 process on loopback does not: an answer lost with its connection after the request reached
-the server (:meth:`Relay.cut_answer_to`), or connections gone silent, nothing forwarded and
+the server (:meth:`Relay.cut_answer_to`), bytes the server never sent (:meth:`Relay.inject`), or
+connections gone silent, nothing forwarded and
 nothing closed, as in a partition (:meth:`Relay.silence`). Connections opened after either
 are relayed as usual."""
 
@@ -32,6 +33,7 @@ class Relay:
         self._pairs: list[_Pair] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._cut: bytes | None = None
+        self._cuts = 0
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -39,10 +41,16 @@ class Relay:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def cut_answer_to(self, marker: bytes) -> None:
+    def cut_answer_to(self, marker: bytes, times: int = 1) -> None:
         """The next request containing ``marker`` reaches the server; its connection is closed
-        when the server's answer comes, and the answer is never delivered."""
-        self._cut = marker
+        when the server's answer comes, and the answer is never delivered (``times`` such
+        requests in a row)."""
+        self._cut, self._cuts = marker, times
+
+    def inject(self, data: bytes) -> None:
+        """``data`` to every client now connected, as if its server had sent it."""
+        for pair in self._pairs:
+            pair.client.write(data)
 
     def silence(self) -> None:
         """Every connection open now forwards nothing more, either way, and stays open."""
@@ -89,7 +97,9 @@ class Relay:
                 if pair.silent:
                     continue  # a partition: gone, and nobody told
                 if upward and self._cut is not None and self._cut in data:
-                    self._cut = None
+                    self._cuts -= 1
+                    if not self._cuts:
+                        self._cut = None
                     pair.cut_next_answer = True
                 elif not upward and pair.cut_next_answer:
                     pair.abort()  # the request ran; its answer is lost with the connection

@@ -7,6 +7,7 @@ never holds a secret."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxyfleet.errors import StoreUnavailable
 from proxyfleet.pool import Grant, Member, Outcome
 from proxyfleet.pool.health import HealthPolicy
 from proxyfleet.pool.redis import RedisStore
@@ -219,12 +221,15 @@ async def test_a_release_with_a_stale_token_is_refused_and_counted() -> None:
         assert await store.release(again, Outcome.SUCCESS)
 
 
-@pytest.mark.parametrize("script", ["ACQUIRE", "RELEASE"])
-async def test_an_answer_lost_with_its_connection_is_not_acted_on_twice(script: str) -> None:
+@pytest.mark.parametrize(("script", "times"), [("ACQUIRE", 1), ("RELEASE", 1), ("RELEASE", 2)])
+async def test_an_answer_lost_with_its_connection_is_not_acted_on_twice(
+    script: str, times: int
+) -> None:
     """Redis ran the script, then the connection broke before its answer came back (a Redis
     restart, a reset on the way): the store asks again on a new connection. The acquire
     asked again is not granted a second lease; the release asked again is not refused as
-    stale. Seen in Redis: one lease, then none."""
+    stale, nor is one whose second answer was lost too (kept, and settled with the next
+    call as the same call). Seen in Redis: one lease, then none."""
     members = [Member("a", 2, "http", "http://127.0.0.1:1/a")]
     async with Relay(redisd.shared().port) as relay:
         store = RedisStore(
@@ -238,11 +243,56 @@ async def test_an_answer_lost_with_its_connection_is_not_acted_on_twice(script: 
             [status] = await store.snapshot()
             assert (status.inflight, status.leases_served) == (1, 1)
             if script == "RELEASE":
-                relay.cut_answer_to(b"EVALSHA")
+                relay.cut_answer_to(b"EVALSHA", times)
             assert await store.release(grant, Outcome.SUCCESS)
+            if times == 2:
+                assert len(store._pending) == 1  # kept: Redis did not answer it
+                answered = await store.acquire("lru", holder="next")  # Redis is back: settled
+                assert isinstance(answered, Grant)
+                await asyncio.sleep(0.1)
+                assert not store._pending
+                assert await store.release(answered, Outcome.SUCCESS)
             assert store.stale_releases == 0
             [status] = await store.snapshot()
             assert (status.inflight, status.holders) == (0, ())
+
+
+async def test_a_redis_stalled_past_the_timeout_leaves_nothing_held() -> None:
+    """Redis stops answering (a fork for a save, a stopped process) with an acquire and a
+    release in its socket: both callers hear 503 after ``timeout``, and when Redis goes on,
+    the grant it made for nobody goes back at once (not after ``lease_ttl``), and the release
+    kept for later is settled as soon as Redis answers again (not at the next heartbeat)."""
+    server = redisd.RedisServer().start()
+    members = [Member("a", 1, "http", "http://127.0.0.1:1/a"), Member("b", 1, "http", "")]
+    store = RedisStore(
+        members, HealthPolicy(), url=server.url, key_prefix="stall", lease_ttl=60, timeout=0.3
+    )
+    assert server.popen is not None
+
+    async def idle() -> bool:
+        with contextlib.suppress(StoreUnavailable):
+            return all(s.inflight == 0 for s in await store.snapshot())
+        return False
+
+    try:
+        async with store:
+            held = await store.acquire("lru", holder="held")
+            assert isinstance(held, Grant)
+            server.popen.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(StoreUnavailable):
+                    await store.acquire("lru", holder="stalled")
+                assert await store.release(held, Outcome.SUCCESS)  # kept for later
+            finally:
+                server.popen.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 5  # lease_ttl would free the grant after 60 s
+            while not await idle():
+                assert time.monotonic() < deadline, "a grant made for nobody is still held"
+                await asyncio.sleep(0.05)
+            assert not store._pending  # settled once Redis answered, not at a heartbeat
+        assert store.stale_releases == 0
+    finally:
+        server.close()
 
 
 async def test_redis_lost_and_back(procs: Processes, tmp_path: Path) -> None:

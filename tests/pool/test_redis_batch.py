@@ -263,3 +263,22 @@ def test_a_loop_blocked_past_the_timeout_does_not_take_an_answer_waiting_for_sil
         uvloop.run(scenario())
     else:
         asyncio.run(scenario())
+
+
+async def test_news_redis_pushes_unasked_is_no_callers_answer() -> None:
+    """RESP3 push frames (maintenance notices, tracking invalidations) may come between
+    answers: taken for one, every later caller would get the answer of the one before."""
+    async with Relay(redisd.shared().port) as relay:
+        client = aioredis.Redis.from_url(relay.url, socket_timeout=2)
+        batcher = ScriptBatcher(client, SCRIPTS)
+        try:
+            await batcher.load()
+            assert await batcher.call("ECHO", ["first"]) == b"first"
+            calls = [asyncio.ensure_future(batcher.call("ECHO", [str(n)])) for n in range(5)]
+            for _ in range(3):  # written: their answers are on their way
+                await asyncio.sleep(0)
+            relay.inject(b">3\r\n$9\r\nMIGRATING\r\n:1\r\n$1\r\n0\r\n")
+            assert await asyncio.gather(*calls) == [str(n).encode() for n in range(5)]
+        finally:
+            await batcher.aclose()
+            await client.aclose()

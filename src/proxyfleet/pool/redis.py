@@ -27,7 +27,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Self, cast
 
 import redis.asyncio as aioredis
@@ -57,8 +57,9 @@ __all__ = ["RedisStore"]
 _log = logging.getLogger("proxyfleet.pool")
 _KINDS = {kind.value: kind for kind in ChangeKind}
 #: Scripts that must not run twice for one call (a retry after a lost answer): a second
-#: acquire would grant twice, a second release be refused as stale, a second add refused.
-_ONCE = ("ACQUIRE", "RELEASE", "ADD", "REMOVE")
+#: acquire would grant twice, a second release be refused as stale, a second add refused, a
+#: second lift of a drain not say it was lifted.
+_ONCE = ("ACQUIRE", "RELEASE", "ADD", "REMOVE", "DRAIN", "UNLOCK")
 
 
 class _State(enum.Enum):
@@ -110,6 +111,11 @@ def _status_of(row: list[Any], now: float) -> BackendStatus:
     )
 
 
+def _process_of(process: str, seen: float) -> dict[str, object]:
+    """A process alive by its heartbeat, for /admin/pool."""
+    return {"process": process, "host": process.rsplit(":", 2)[0], "last_seen": seen}
+
+
 def _conflict(answer: list[Any], where: str, ttl: float) -> StoreConflict | None:
     """The OPEN script's verdict as the error to start with, or None when it said ok."""
     verdict = _text(answer[0])
@@ -131,6 +137,49 @@ def _conflict(answer: list[Any], where: str, ttl: float) -> StoreConflict | None
             "holder stopping: start again then"
         )
     return None
+
+
+class _Cooling:
+    """Quarantine ends a store heard of, and one timer on the nearest: at each end the
+    store's watchers hear COOLED (another process's quarantine ends here too)."""
+
+    def __init__(self, clock: Callable[[], float], listeners: list[Listener]) -> None:
+        self._now = clock
+        self._listeners = listeners
+        self._ends: dict[str, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def ends(self, backend_id: str, until: float) -> None:
+        self._ends[backend_id] = until
+        self._arm()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _arm(self) -> None:
+        if self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        now = self._now()
+        ahead = [until for until in self._ends.values() if until > now]
+        if ahead:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(min(ahead) - now + 0.001, self._cooled)
+
+    def _cooled(self) -> None:
+        self._timer = None
+        now = self._now()
+        for backend_id, until in sorted(self._ends.items(), key=lambda kv: kv[1]):
+            if until <= now:
+                del self._ends[backend_id]
+                for listener in self._listeners:
+                    listener(ChangeKind.COOLED, backend_id)
+        self._arm()
 
 
 class RedisStore:
@@ -165,13 +214,11 @@ class RedisStore:
         self._members: tuple[Member, ...] = tuple(members)
         self._listeners: list[Listener] = []
         self._held: dict[str, str] = {}  # "<id>:<token>" → holder JSON, the leases held here
-        self._pending: list[tuple[Grant, Outcome]] = []  # releases Redis has not taken yet
-        self._cool_ends: dict[str, float] = {}
+        self._pending: list[tuple[Grant, Outcome, str]] = []  # releases Redis did not answer
         self._state = _State.NEW
         self._redis: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cooling = _Cooling(clock, self._listeners)
         self.reachable = False
         self.stale_releases = 0  # this process's releases Redis refused
         self.lost_leases = 0  # leases that expired before this process released them
@@ -183,7 +230,6 @@ class RedisStore:
     async def __aenter__(self) -> Self:
         if self._state is not _State.NEW:
             raise StateError(f"store cannot be opened in state {self._state.value}")
-        self._loop = asyncio.get_running_loop()
         self._redis = aioredis.Redis.from_url(
             self._url,
             socket_timeout=self._timeout,
@@ -229,8 +275,7 @@ class RedisStore:
         await self._refresh_members()
         for status in await self.snapshot():
             if status.quarantined_until is not None:
-                self._cool_ends[status.id] = status.quarantined_until
-        self._arm()
+                self._cooling.ends(status.id, status.quarantined_until)
 
     async def __aexit__(self, *exc: object) -> None:
         if self._state is not _State.OPEN:
@@ -239,11 +284,10 @@ class RedisStore:
         self._state = _State.CLOSED
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, *_REDIS_ERRORS):
+        for task in self._tasks:  # whatever ended one, the store still closes
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cooling.close()
         if self._redis is not None:
             await self._batch.drain(self._timeout)  # answers still to come (orphans' too)
             for task in list(self._orphaned):  # grants nobody took go back before we leave
@@ -290,29 +334,35 @@ class RedisStore:
     def _orphan(self, answer: Any) -> None:
         """A grant whose asker stopped waiting (it left, or timed out) goes straight back."""
         if int(answer[0]) == 1:  # until the store's connection closes, at its very end
-            grant = Grant(_text(answer[1]), int(answer[2]))
-            task = asyncio.ensure_future(self._give_back(grant))
-            self._orphaned.add(task)
-            task.add_done_callback(self._orphaned.discard)
+            self._later(self._release(Grant(_text(answer[1]), int(answer[2])), Outcome.NEUTRAL))
 
-    async def _give_back(self, grant: Grant) -> None:
-        with contextlib.suppress(StoreUnavailable):  # unreachable: it ends by lease_ttl
-            await self._release(grant, Outcome.NEUTRAL)
+    def _later(self, work: Awaitable[Any]) -> None:
+        """``work`` in the background, awaited at close (Redis unreachable: a release waits
+        for the next heartbeat, a grant nobody took ends by lease_ttl)."""
+
+        async def run() -> None:
+            with contextlib.suppress(StoreUnavailable):
+                await work
+
+        task = asyncio.ensure_future(run())
+        self._orphaned.add(task)
+        task.add_done_callback(self._orphaned.discard)
 
     async def release(self, grant: Grant, outcome: Outcome) -> bool:
         entry = f"{grant.backend_id}:{grant.token}"
         if self._state is not _State.OPEN or self._redis is None:
             return False
+        key = self._batch.new_key()
         try:
-            settled = await self._release(grant, outcome)
+            settled = await self._release(grant, outcome, key)
         except StoreUnavailable:
             # kept for when Redis answers again; no longer renewed, so it cannot outlive ttl
             self._held.pop(entry, None)
-            self._pending.append((grant, outcome))
+            self._pending.append((grant, outcome, key))
             return True
         return settled
 
-    async def _release(self, grant: Grant, outcome: Outcome) -> bool:
+    async def _release(self, grant: Grant, outcome: Outcome, key: str = "") -> bool:
         self._held.pop(f"{grant.backend_id}:{grant.token}", None)
         answer = await self._call(
             "RELEASE",
@@ -322,6 +372,7 @@ class RedisStore:
             *self._args(),
             *self._policy_args,
             self.process,
+            key=key,
         )
         if int(answer[0]) != 1:
             self.stale_releases += 1
@@ -378,11 +429,7 @@ class RedisStore:
             )
         except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
-        out: list[dict[str, object]] = []
-        for raw, seen in cast(list[tuple[bytes, float]], rows):
-            process = _text(raw)
-            out.append({"process": process, "host": process.rsplit(":", 2)[0], "last_seen": seen})
-        return out
+        return [_process_of(_text(raw), seen) for raw, seen in cast(list[Any], rows)]
 
     async def try_lock(self, name: str, ttl: float) -> bool:
         self._check_open()
@@ -413,11 +460,15 @@ class RedisStore:
         return (repr(self._now()),)
 
     async def _call(
-        self, name: str, *args: Any, orphan: Callable[[Any], None] | None = None
+        self,
+        name: str,
+        *args: Any,
+        orphan: Callable[[Any], None] | None = None,
+        key: str | None = None,
     ) -> Any:
         self.calls_in_flight += 1
         try:
-            answer = await self._batch.call(name, [self._prefix, *args], orphan)
+            answer = await self._batch.call(name, [self._prefix, *args], orphan, key or None)
         except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
         finally:
@@ -435,6 +486,8 @@ class RedisStore:
     def _back(self) -> None:
         self.reachable = True
         event(_log, "store_available", url=self._shown)
+        if self._pending and self._state is _State.OPEN:  # now, not at the next heartbeat
+            self._later(self._settle_pending())
 
     async def _refresh_members(self) -> None:
         assert self._redis is not None
@@ -448,8 +501,7 @@ class RedisStore:
     def _heard(self, kind: ChangeKind, backend_id: str, until: float) -> None:
         """A change, ours or published by another process: the timer, then the watchers."""
         if until > 0:
-            self._cool_ends[backend_id] = until
-            self._arm()
+            self._cooling.ends(backend_id, until)
         for listener in self._listeners:
             listener(kind, backend_id)
 
@@ -502,29 +554,11 @@ class RedisStore:
             self._heard(ChangeKind.RELEASED, member.id, 0.0)
 
     async def _settle_pending(self) -> None:
-        while self._pending:
-            grant, outcome = self._pending[0]
-            await self._release(grant, outcome)
-            self._pending.pop(0)
-
-    def _arm(self) -> None:
-        loop = self._loop
-        if loop is None or self._state is _State.CLOSED:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        now = self._now()
-        ahead = [until for until in self._cool_ends.values() if until > now]
-        if ahead:
-            self._timer = loop.call_later(min(ahead) - now + 0.001, self._cooled)
-
-    def _cooled(self) -> None:
-        self._timer = None
-        now = self._now()
-        for backend_id, until in sorted(self._cool_ends.items(), key=lambda kv: kv[1]):
-            if until <= now:
-                del self._cool_ends[backend_id]
-                for listener in self._listeners:
-                    listener(ChangeKind.COOLED, backend_id)
-        self._arm()
+        while self._pending:  # each taken before it is asked: heartbeats settle beside _back;
+            # asked again with its call key, a release that ran is not counted stale
+            kept = self._pending.pop(0)
+            try:
+                await self._release(*kept)
+            except BaseException:
+                self._pending.insert(0, kept)
+                raise

@@ -48,6 +48,8 @@ _LOST = (redis.exceptions.ConnectionError, OSError)
 _NOT_YET = object()  # hiredis's word for "no whole answer buffered yet"
 #: How long the watch waits for a call seen overdue before it ends the connection (seconds).
 _LOOK_AGAIN = 0.05
+#: A retired connection is closed this many timeouts after its oldest call was written.
+_DEAD = 3
 #: How long a once-call's answer is kept when its own UNLINK never comes (milliseconds).
 KEEP_MS = 60_000
 #: A call's future (None for the batcher's own clean-up) and what takes its answer if its
@@ -118,6 +120,7 @@ class _Link(asyncio.Protocol):
         self._overdue: _Sent | None = None  # the call seen overdue once, looked at again
         self.waiting: collections.deque[_Sent] = collections.deque()
         self.alive = True
+        self.retired = False  # overdue: no new calls, late answers to orphans, then closed
         self._transport.set_protocol(self)
 
     def send(self, data: bytes, callers: list[_Asked]) -> None:
@@ -138,6 +141,8 @@ class _Link(asyncio.Protocol):
                 return
             if answer is _NOT_YET:
                 return
+            if isinstance(answer, hiredis.PushNotification):
+                continue  # RESP3 news nobody asked for (maintenance, tracking): not an answer
             if not waiting:
                 self.end(redis.exceptions.ConnectionError("Redis answered what was not asked"))
                 return
@@ -146,8 +151,10 @@ class _Link(asyncio.Protocol):
                 continue
             if not future.done():
                 future.set_result(answer)
-            elif future.cancelled() and orphan and not isinstance(answer, Exception):
-                orphan(answer)
+            elif orphan is not None and not isinstance(answer, Exception):
+                orphan(answer)  # its caller left, or was told Redis did not answer in time
+            if self.retired and not self.waiting:
+                self.end(redis.exceptions.ConnectionError("retired"), gently=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         why = f"lost the connection to Redis: {exc}" if exc else "Redis closed the connection"
@@ -173,23 +180,40 @@ class _Link(asyncio.Protocol):
         self._gone(self)
 
     def _check(self) -> None:
-        """The watch: the oldest unanswered call overdue, and still so after one more look at
+        """The watch. The oldest unanswered call overdue, and still so after one more look at
         the socket (a loop that was blocked runs timers before it reads what came meanwhile:
-        an answer waiting there must not be taken for silence)."""
+        an answer waiting there must not be taken for silence): every call waiting here is
+        told Redis did not answer, and the connection is retired. New calls go to a new
+        one; answers that still come here go to their orphans (a grant goes back), until
+        ``_DEAD`` timeouts after the oldest call was written, when it is closed."""
         self._watch = None
         if not self.waiting or not self.alive or self._timeout is None:
             return
-        front = self.waiting[0]
+        now, front = self._loop.time(), self.waiting[0]
+        if self.retired:
+            dead = front[2] + _DEAD * self._timeout
+            if dead > now:
+                self._watch = self._loop.call_at(dead, self._check)
+            else:
+                self.end(self._late())
+            return
         due = front[2] + self._timeout
-        if due > self._loop.time():
+        if due > now:
             self._watch = self._loop.call_at(due, self._check)
         elif self._overdue is not front:
             self._overdue = front
             self._watch = self._loop.call_later(_LOOK_AGAIN, self._check)
         else:
-            self.end(
-                redis.exceptions.TimeoutError(f"Redis did not answer within {self._timeout:g}s")
-            )
+            self.retired = True
+            late = self._late()
+            for future, _, _ in self.waiting:
+                if future is not None and not future.done():
+                    future.set_exception(late)
+            self._gone(self)
+            self._watch = self._loop.call_at(front[2] + _DEAD * self._timeout, self._check)
+
+    def _late(self) -> Exception:
+        return redis.exceptions.TimeoutError(f"Redis did not answer within {self._timeout:g}s")
 
 
 def _take(conn: AbstractConnection, timeout: float | None, gone: Callable[[_Link], None]) -> _Link:
@@ -234,6 +258,7 @@ class ScriptBatcher:
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._timeout: float | None = float(timeout) if timeout else None
         self._link: _Link | None = None
+        self._retired: set[_Link] = set()  # overdue ones, open until late answers came
         self._connecting: asyncio.Task[None] | None = None
         self._out: list[bytes] = []  # packed calls not written yet
         self._callers: list[_Asked] = []  # their futures (and orphans), in the same order
@@ -250,22 +275,40 @@ class ScriptBatcher:
             if isinstance(answer, Exception):
                 raise answer
 
+    def new_key(self) -> str:
+        """A call key of this channel's, for a once-call its caller may ask again later."""
+        return f"{self._once_prefix}{next(self._numbers)}"
+
     async def call(
-        self, name: str, args: list[Any], orphan: Callable[[Any], None] | None = None
+        self,
+        name: str,
+        args: list[Any],
+        orphan: Callable[[Any], None] | None = None,
+        key: str | None = None,
     ) -> Any:
         """The answer of the script ``name``. ``orphan`` is given the answer that comes after
-        its caller stopped waiting (cancelled): what the script did is still done (a grant it
-        made goes back through it)."""
-        key = f"{self._once_prefix}{next(self._numbers)}" if name in self._once else None
-        keys = (1, key) if key is not None else (0,)
-        command = _pack("EVALSHA", self._shas[name], *keys, *args)
+        its caller stopped waiting (cancelled, or told Redis did not answer in time): what
+        the script did is still done (a grant it made goes back through it). A script named
+        once runs under ``key`` (a new one if not given): asked again later with the same
+        key, it answers what it did, unless its answer came and the key went."""
+        if name in self._once:
+            key = key or self.new_key()
+            command = _pack("EVALSHA", self._shas[name], 1, key, *args)
+        else:
+            key = None
+            command = _pack("EVALSHA", self._shas[name], 0, *args)
+        answered = False
         try:
             answer = await self._retried(command, orphan)
             if isinstance(answer, redis.exceptions.NoScriptError):
                 await self.load()  # Redis restarted and forgot them
                 answer = await self._ask(command, orphan)
+            answered = True
+        except asyncio.CancelledError:
+            answered = True  # its answer still comes, before the UNLINK written after it
+            raise
         finally:
-            if key is not None:  # written after the call, so Redis runs it after the call too
+            if key is not None and answered:  # else it may be asked again: it waits KEEP_MS
                 self._spent.append(key)
                 self._soon()
         if isinstance(answer, Exception):
@@ -297,6 +340,8 @@ class ScriptBatcher:
         if self._link is not None:
             self._flush()
             self._link.end(closed, gently=True)
+        for link in list(self._retired):
+            link.end(closed, gently=True)
         self._fail_unsent(closed)
 
     # -- internals ---------------------------------------------------------------------------
@@ -349,17 +394,26 @@ class ScriptBatcher:
             conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
             await conn.connect()
             link = _take(conn, self._timeout, self._gone)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: nobody may be left waiting
             self._connecting = None
-            self._fail_unsent(exc)
+            self._fail_unsent(
+                exc if isinstance(exc, Exception) else redis.exceptions.ConnectionError("closed")
+            )
+            if not isinstance(exc, Exception):
+                raise
             return
         self._connecting = None
         self._link = link
         self._flush()  # what was asked meanwhile, in the order asked
 
     def _gone(self, link: _Link) -> None:
+        """``link`` retired (still open for late answers) or closed."""
         if self._link is link:
             self._link = None
+        if link.alive:
+            self._retired.add(link)
+        else:
+            self._retired.discard(link)
 
     def _fail_unsent(self, error: Exception) -> None:
         callers, self._out, self._callers = self._callers, [], []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,11 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
+from proxyfleet.logs import event
+
 __all__ = ["REDIS_ERRORS", "follow", "text"]
+
+_log = logging.getLogger("proxyfleet.pool")
 
 #: What a Redis that does not answer raises.
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -48,10 +53,12 @@ async def follow(
             await pubsub.subscribe(channel)
             subscribed.set()
             if lost:
+                await missed()  # until it could tell what was missed, the feed is still lost
                 lost = False
-                await missed()
             await _listen(pubsub, heard, probe, answer_within)
-        except REDIS_ERRORS:
+        except Exception as exc:  # Redis away, or still loading: never the feed's end
+            if not lost:
+                event(_log, "change_feed_lost", logging.WARNING, error=str(exc) or repr(exc))
             lost = True
             await asyncio.sleep(0.25)
         finally:
@@ -69,14 +76,19 @@ async def _listen(
     no timeout of redis-py's (a read with one can take a cancellation for its timeout and go
     on); the probe waits beside them."""
     loop = asyncio.get_running_loop()
-    last = loop.time()  # when anything at all came (a pong too)
+    last = loop.time()  # when anything at all came (a pong too), or ``heard`` returned
+    hearing = False  # reads wait while ``heard`` does: what it waits for is not silence
 
     async def read() -> None:
-        nonlocal last
+        nonlocal last, hearing
         async for message in pubsub.listen():
             last = loop.time()
             if message.get("type") == "message":
-                await heard(text(message["data"]))
+                hearing = True
+                try:
+                    await heard(text(message["data"]))
+                finally:
+                    hearing, last = False, loop.time()
 
     reader = asyncio.ensure_future(read())
     try:
@@ -89,7 +101,7 @@ async def _listen(
             asked = loop.time()
             await pubsub.ping()
             await asyncio.wait({reader}, timeout=answer_within)
-            if not reader.done() and last < asked:
+            if not reader.done() and last < asked and not hearing:
                 raise redis.exceptions.TimeoutError(
                     f"the change feed went silent: no pong within {answer_within:g}s"
                 )
