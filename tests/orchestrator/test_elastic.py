@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,8 @@ import aiohttp
 import pytest
 import yaml
 
+from proxyfleet.orchestrator.elastic import fleet_engines
+from proxyfleet.pool import BackendSpec
 from tests import redisd
 from tests.conftest import Proc, Processes, run_cli
 
@@ -477,3 +480,66 @@ async def test_a_fleet_sharing_redis_provisions_once_per_burst_and_sees_every_en
     engines = [e["container_id"] for e in orch.get_json("/engines")]
     for gateway in (first, second):
         assert [b["id"] for b in gateway.get_json("/admin/pool")["backends"]] == engines
+
+
+async def test_an_engine_whose_gateway_died_is_released_by_the_rest_of_the_fleet(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """A gateway of a fleet provisions an engine and is killed. The engine is the fleet's: once
+    idle for ``idle_ttl``, another gateway releases it to the orchestrator (which would run it
+    for nobody otherwise); and an engine the orchestrator drops while its gateway is gone
+    leaves the pool all the same."""
+    orch = procs.orchestrator("--api-key", KEY)
+    store = {"redis": {"url": redisd.shared().url, "key_prefix": redisd.prefix()}}
+    idle = write_config(tmp_path, orchestrated(orch, max_backends=2, idle_ttl=1), store=store)
+    first = procs.gateway("--config", str(idle))
+    second = procs.gateway("--config", str(idle))
+    async with aiohttp.ClientSession() as session:
+        status, _, _ = await chat(session, first, "brought-by-first")
+    assert status == 200
+    assert len(orch.get_json("/engines")) == 1
+    first.stop(signal.SIGKILL)
+    await until(lambda: orch.get_json("/engines") == [], timeout=20)
+    assert second.get_json("/admin/pool")["backends"] == []
+    assert "backend_released" in second.output()
+    assert orch.get_json("/mock/stats")["provision_requests"] == 1
+
+
+async def test_an_engine_dropped_while_its_gateway_is_gone_leaves_the_fleets_pool(
+    procs: Processes, tmp_path: Path
+) -> None:
+    orch = procs.orchestrator("--api-key", KEY)
+    store = {"redis": {"url": redisd.shared().url, "key_prefix": redisd.prefix()}}
+    config = write_config(tmp_path, orchestrated(orch, max_backends=2), store=store)
+    first = procs.gateway("--config", str(config))
+    second = procs.gateway("--config", str(config))
+    async with aiohttp.ClientSession() as session:
+        status, _, _ = await chat(session, first, "brought-by-first")
+    assert status == 200
+    [engine] = orch.get_json("/engines")
+    first.stop(signal.SIGKILL)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.delete(
+            orch.url + f"/containers/{engine['container_id']}",
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as response,
+    ):
+        assert response.status == 200
+    await until(lambda: second.get_json("/admin/pool")["backends"] == [], timeout=20)
+    assert "backend_vanished" in second.output()
+
+
+def test_fleet_engines_tracks_this_provisioners_engines_and_forgets_those_gone() -> None:
+    members: dict[str, Any] = {}
+    url = "http://127.0.0.1:9/v1"
+    pool = [
+        BackendSpec("mine", url, origin="provisioned:orchestrator"),
+        BackendSpec("found", url, origin="adopted:orchestrator"),
+        BackendSpec("theirs", url, origin="provisioned:other"),
+        BackendSpec("configured", url, source="pool.upstreams"),
+    ]
+    fleet_engines(members, pool, "orchestrator")
+    assert {k: m.origin for k, m in members.items()} == {"mine": "provisioned", "found": "adopted"}
+    fleet_engines(members, pool[1:], "orchestrator")
+    assert set(members) == {"found"}

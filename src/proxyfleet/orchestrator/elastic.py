@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +40,10 @@ from proxyfleet.orchestrator.policy import MAX_ETA, Breaker, BreakerState, KeyGa
 from proxyfleet.orchestrator.provisioner import Provisioner
 from proxyfleet.pool import BackendSpec, Pool
 
-__all__ = ["Elastic"]
+__all__ = ["Elastic", "fleet_engines"]
 
 _log = logging.getLogger("proxyfleet.orchestrator")
+_ORIGINS = ("provisioned", "adopted")  # what may bring an engine: only the first is released
 
 
 @dataclass(slots=True)
@@ -50,6 +51,23 @@ class _Member:
     engine: Engine
     origin: str  # provisioned (ours to release) or adopted (the orchestrator's)
     added: float  # monotonic
+
+
+def fleet_engines(
+    members: dict[str, _Member], backends: Sequence[BackendSpec], provisioner: str
+) -> None:
+    """``members`` brought up to the pool's: an engine another process of the fleet brought
+    through the same provisioner is tracked here too (so it is reaped when idle and dropped
+    when the orchestrator no longer lists it, even if that process died), and one that left
+    the pool is forgotten."""
+    present = {spec.id: spec for spec in backends}
+    for backend_id in [known for known in members if known not in present]:
+        del members[backend_id]
+    for spec in present.values():
+        origin, _, name = spec.origin.partition(":")
+        if spec.id not in members and name == provisioner and origin in _ORIGINS:
+            engine = Engine(spec.id, spec.base_url)
+            members[spec.id] = _Member(engine, origin, time.monotonic())
 
 
 class Elastic:
@@ -311,9 +329,8 @@ class Elastic:
     async def _join(self, engine: Engine, origin: str) -> None:
         if engine.id in {m.id for m in self._pool.backends}:
             return
-        spec = BackendSpec(
-            engine.id, engine.url, (), self._cap, f"{origin}:{self._provisioner.name}"
-        )
+        brought = f"{origin}:{self._provisioner.name}"
+        spec = BackendSpec(engine.id, engine.url, (), self._cap, brought, origin=brought)
         self._members[engine.id] = _Member(engine, origin, time.monotonic())
         with contextlib.suppress(ValueError):  # another process of the fleet added it first
             await self._pool.add_backend(spec)
@@ -351,6 +368,7 @@ class Elastic:
     async def reap_once(self) -> list[str]:
         """Release provisioned backends idle for ``idle_ttl`` while above ``min_backends``."""
         now_wall, now = time.time(), time.monotonic()
+        fleet_engines(self._members, self._pool.backends, self._provisioner.name)
         released: list[str] = []
         for status in sorted(await self._pool.snapshot(), key=lambda s: s.last_used or 0.0):
             if self._pool.size <= self._config.min_backends:
@@ -418,6 +436,7 @@ class Elastic:
             return []
         grace = 2 * self._config.status_interval
         now = time.monotonic()
+        fleet_engines(self._members, self._pool.backends, self._provisioner.name)
         gone: list[str] = []
         for backend_id, member in list(self._members.items()):
             if backend_id in listed or now - member.added < grace:

@@ -92,12 +92,15 @@ class Member:
     """A backend as a pool store knows it: no credentials, nothing secret.
 
     ``url`` is the public URL (no user-info); with ``kind`` it lets a process that did not
-    create a credential-free backend (an engine another process provisioned) reach it."""
+    create a credential-free backend (an engine another process provisioned) reach it.
+    ``origin`` says what brought a backend that joined at run time (``provisioned:<name>``,
+    ``adopted:<name>``), so any process of a fleet may release it; empty for configured ones."""
 
     id: str
     max_concurrency: int = 1
     kind: str = "http"
     url: str = ""
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -113,6 +116,7 @@ class BackendSpec:
     source: str = ""
     kind: str = "http"
     cookies: tuple[Cookie, ...] = field(default=(), repr=False)
+    origin: str = ""  # what brought a backend that joined at run time (see Member)
 
     def __repr__(self) -> str:
         return (
@@ -122,12 +126,16 @@ class BackendSpec:
 
     @property
     def member(self) -> Member:
-        return Member(self.id, self.max_concurrency, self.kind, public_url(self.base_url))
+        url = public_url(self.base_url)
+        return Member(self.id, self.max_concurrency, self.kind, url, self.origin)
 
     @classmethod
     def of_member(cls, member: Member, source: str) -> BackendSpec:
         """The spec of a credential-free backend that joined elsewhere (e.g. an engine)."""
-        return cls(member.id, member.url, (), member.max_concurrency, source, member.kind)
+        return cls(
+            member.id, member.url, (), member.max_concurrency, source, member.kind,
+            origin=member.origin,
+        )  # fmt: skip
 
     def describe(self) -> dict[str, object]:
         """A secret-free description for admin output."""

@@ -76,6 +76,7 @@ def _member_json(member: Member, static: bool) -> str:
             "kind": member.kind,
             "url": public_url(member.url) if member.url else "",
             "static": static,
+            "origin": member.origin,
         },
         separators=(",", ":"),
     )
@@ -83,7 +84,8 @@ def _member_json(member: Member, static: bool) -> str:
 
 def _member_of(raw: bytes | str) -> Member:
     data = json.loads(raw)
-    return Member(data["id"], int(data["max_concurrency"]), data["kind"], data["url"])
+    cap, origin = int(data["max_concurrency"]), data.get("origin", "")
+    return Member(data["id"], cap, data["kind"], data["url"], origin)
 
 
 def _status_of(row: list[Any], now: float) -> BackendStatus:
