@@ -501,7 +501,7 @@ async def test_an_engine_whose_gateway_died_is_released_by_the_rest_of_the_fleet
     first.stop(signal.SIGKILL)
     await until(lambda: orch.get_json("/engines") == [], timeout=20)
     assert second.get_json("/admin/pool")["backends"] == []
-    assert "backend_released" in second.output()
+    await until(lambda: "backend_released" in second.output())  # logged once it was answered
     assert orch.get_json("/mock/stats")["provision_requests"] == 1
 
 
@@ -527,7 +527,7 @@ async def test_an_engine_dropped_while_its_gateway_is_gone_leaves_the_fleets_poo
     ):
         assert response.status == 200
     await until(lambda: second.get_json("/admin/pool")["backends"] == [], timeout=20)
-    assert "backend_vanished" in second.output()
+    await until(lambda: "backend_vanished" in second.output())
 
 
 def test_fleet_engines_tracks_this_provisioners_engines_and_forgets_those_gone() -> None:
