@@ -77,7 +77,9 @@ def _reply_error(message: str) -> Exception:
 
 def once_wrapped(source: str) -> str:
     """``source`` run at most once per call key (``KEYS[1]``, when one is given): a second
-    run with the same key answers what the first did."""
+    run with the same key answers what the first did. The stored answer is cjson's: numbers
+    keep 14 digits (a script answering larger integers must answer them as strings), and an
+    array with a nil inside comes back with it as null."""
     return (
         "local function run()\n"
         f"{source}\n"
