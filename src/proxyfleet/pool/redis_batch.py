@@ -23,8 +23,10 @@ once its answer came (one ``UNLINK`` with the next write), or after a minute.
 
 A call waits at most the store's timeout for its answer: when the oldest unanswered call on
 the connection is older than that, Redis is not answering (stopped, partitioned, a network
-that drops without a reset) and the connection is closed; every call waiting on it hears a
-timeout, and the next call opens a new one. One timer per connection watches this.
+that drops without a reset). Every call waiting on it hears a timeout and the connection is
+retired: the next call opens a new one, answers still coming on the old one go to their
+orphans, and it is closed ``_DEAD`` timeouts after its oldest call. One timer per
+connection watches this.
 """
 
 from __future__ import annotations
