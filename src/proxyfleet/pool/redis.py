@@ -364,7 +364,7 @@ class RedisStore:
             return True
         return settled
 
-    async def _release(self, grant: Grant, outcome: Outcome, key: str = "") -> bool:
+    async def _release(self, grant: Grant, outcome: Outcome, key: str | None = None) -> bool:
         self._held.pop(f"{grant.backend_id}:{grant.token}", None)
         answer = await self._call(
             "RELEASE",
@@ -470,7 +470,7 @@ class RedisStore:
     ) -> Any:
         self.calls_in_flight += 1
         try:
-            answer = await self._batch.call(name, [self._prefix, *args], orphan, key or None)
+            answer = await self._batch.call(name, [self._prefix, *args], orphan, key)
         except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
         finally:

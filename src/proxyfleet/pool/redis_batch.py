@@ -106,7 +106,7 @@ def _taken_late(future: asyncio.Future[Any]) -> bool:
 
 class _Link(asyncio.Protocol):
     """A connection once it is the batcher's: answers parsed as they arrive, each to the call
-    first in line; ended when the oldest unanswered call is older than ``timeout``."""
+    first in line; retired when the oldest unanswered call is older than ``timeout``."""
 
     def __init__(
         self,
@@ -151,13 +151,13 @@ class _Link(asyncio.Protocol):
                 self.end(redis.exceptions.ConnectionError("Redis answered what was not asked"))
                 return
             future, orphan, _ = waiting.popleft()
-            if future is None:  # the batcher's own clean-up
-                continue
-            if not future.done():
+            if future is None:
+                pass  # the batcher's own clean-up
+            elif not future.done():
                 future.set_result(answer)
             elif orphan is not None and not isinstance(answer, Exception):
                 orphan(answer)  # its caller left, or was told Redis did not answer in time
-            if self.retired and not self.waiting:
+            if self.retired and not waiting:
                 self.end(redis.exceptions.ConnectionError("retired"), gently=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
